@@ -1,0 +1,37 @@
+# Two commands on a fresh clone: `make demo` (the lesson, end to end) and `make test`.
+# Both create .venv and install what they need, offline-safe (PyPI only).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# llama-cpp-python 0.3.36 built natively on AMX CPUs segfaults in llama_decode; build it portable
+# (and never reuse a cached native wheel). tunelab also loads models with use_extra_bufts off.
+LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
+	-DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON
+
+.PHONY: install demo test test-slow lint bench
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch first, pinned: a looser requirement would pull gigabytes of CUDA packages.
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -c "import llama_cpp, sys; sys.exit(llama_cpp.__version__ != '0.3.36')" 2>/dev/null || \
+		CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PY) -m pip install -q --no-cache-dir llama-cpp-python==0.3.36
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(VENV)/bin/tunelab demo
+
+test: install
+	$(PY) -m pytest -q
+
+test-slow: install
+	$(PY) -m pytest -q -m slow
+
+lint: install
+	$(VENV)/bin/ruff check tunelab tests benchmarks
+
+bench: install
+	$(PY) benchmarks/generate.py

@@ -1,0 +1,36 @@
+"""tunelab: run, compare, fine-tune and serve causal language models on your own machine.
+
+>>> from tunelab import BasicModelRunner
+>>> chat = BasicModelRunner("smollm2-135m-instruct")
+>>> print(chat("Tell me how to train my dog to sit"))  # doctest: +SKIP
+"""
+
+from tunelab.errors import (
+    BatchError,
+    ConfigError,
+    GenerationOptionError,
+    ModelFileError,
+    ModelNotFoundError,
+    PromptError,
+    RemoteModelError,
+    TunelabError,
+)
+from tunelab.generation import Completion, GenerationOptions
+from tunelab.runner import BasicModelRunner, LlamaV2Runner, LLMEngine
+
+__all__ = [
+    "BasicModelRunner",
+    "BatchError",
+    "Completion",
+    "ConfigError",
+    "GenerationOptionError",
+    "GenerationOptions",
+    "LLMEngine",
+    "LlamaV2Runner",
+    "ModelFileError",
+    "ModelNotFoundError",
+    "PromptError",
+    "RemoteModelError",
+    "TunelabError",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""Inference backends: one small interface (`Backend`), one file per engine."""

@@ -1,0 +1,110 @@
+"""Remote models: any OpenAI-compatible service (OpenAI, a tunelab server, llama_cpp.server, vLLM).
+
+A list of prompts is one request on /completions (the API takes a list) and concurrent requests on
+/chat/completions (one conversation each), so the service can batch them.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+from tunelab.config import RemoteModelConfig
+from tunelab.errors import RemoteModelError
+from tunelab.generation import BackendOutput, GenerationOptions
+
+
+class RemoteBackend:
+    name = "remote"
+    chat_template = None  # the service applies the model's own template on /chat/completions
+    bos_token = ""
+    eos_token = ""
+    context_length = 1 << 30  # the service enforces its own limit and says so
+
+    def __init__(self, config: RemoteModelConfig, *, max_concurrency: int = 16):
+        import openai
+
+        self.config = config
+        key = config.resolve_key()
+        if not key:
+            # Local servers usually accept any key; the SDK insists on one being set.
+            key = "none"
+        self.client = openai.OpenAI(
+            base_url=config.base_url, api_key=key, timeout=config.timeout_s, max_retries=1
+        )
+        self.max_concurrency = max_concurrency
+
+    def count_tokens(self, text: str) -> int:
+        return max(1, len(text) // 4)  # the service counts for real in `usage`
+
+    def _error(self, exc: Exception) -> RemoteModelError:
+        import openai
+
+        where = f"{self.config.base_url} (model {self.config.model!r})"
+        if isinstance(exc, openai.AuthenticationError):
+            env = self.config.api_key_env or "the api_key_env of this remote model"
+            return RemoteModelError(f"{where} refused the API key (401); check {env}")
+        if isinstance(exc, openai.APIConnectionError):
+            return RemoteModelError(f"{where} is not reachable: {exc.__cause__ or exc}")
+        if isinstance(exc, openai.APIStatusError):
+            return RemoteModelError(f"{where} answered HTTP {exc.status_code}: {exc.message}")
+        return RemoteModelError(f"{where}: {exc}")
+
+    def _params(self, options: GenerationOptions) -> dict:
+        params: dict = dict(
+            model=self.config.model,
+            max_tokens=options.max_new_tokens,
+            temperature=options.temperature,
+            top_p=options.top_p,
+        )
+        if options.stop:
+            params["stop"] = list(options.stop)[:4]
+        if options.seed is not None:
+            params["seed"] = options.seed
+        return params
+
+    def generate_chat(
+        self, prompts: list[str], options: GenerationOptions, system: str | None = None
+    ) -> list[BackendOutput]:
+        """Plain user messages; the service wraps them in the model's own chat template."""
+        def one(prompt: str) -> BackendOutput:
+            messages = ([{"role": "system", "content": system}] if system else []) + [
+                {"role": "user", "content": prompt}
+            ]
+            try:
+                response = self.client.chat.completions.create(messages=messages, **self._params(options))
+            except Exception as exc:
+                raise self._error(exc) from None
+            choice = response.choices[0]
+            usage = response.usage
+            return BackendOutput(
+                choice.message.content or "",
+                "length" if choice.finish_reason == "length" else "stop",
+                usage.prompt_tokens if usage else 0,
+                usage.completion_tokens if usage else 0,
+            )
+
+        with ThreadPoolExecutor(min(self.max_concurrency, len(prompts))) as pool:
+            return list(pool.map(one, prompts))
+
+    def generate(self, prompts: list[str], options: GenerationOptions) -> list[BackendOutput]:
+        """Already-templated texts, as one /completions request (the API takes a list)."""
+        if not prompts:
+            return []
+        try:
+            response = self.client.completions.create(prompt=prompts, **self._params(options))
+        except Exception as exc:
+            raise self._error(exc) from None
+        choices = sorted(response.choices, key=lambda c: c.index)
+        per_prompt_usage = (response.usage.completion_tokens // len(prompts)) if response.usage else 0
+        return [
+            BackendOutput(
+                c.text,
+                "length" if c.finish_reason == "length" else "stop",
+                0,
+                per_prompt_usage,
+            )
+            for c in choices
+        ]
+
+    def close(self) -> None:
+        self.client.close()

@@ -1,0 +1,201 @@
+"""The transformers backend: any Hugging Face causal LM, or a GGUF dequantized to torch (trainable).
+
+Dequantizing a GGUF takes 15-40 s here, so the result is saved once as safetensors under
+``$TUNELAB_HOME/cache/dequantized/`` and later loads take seconds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+
+from tunelab.device import pick_device
+from tunelab.errors import ModelFileError
+from tunelab.generation import BackendOutput, GenerationOptions, cut_at_stop
+
+log = logging.getLogger("tunelab")
+
+
+def _cache_key(gguf_path: Path) -> str:
+    stat = gguf_path.stat()
+    ident = f"{gguf_path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+    return f"{gguf_path.stem}-{hashlib.sha256(ident.encode()).hexdigest()[:12]}"
+
+
+def dequantized_dir(gguf_path: Path, home: Path) -> Path:
+    """The torch copy of a GGUF, made on first use."""
+    target = home / "cache" / "dequantized" / _cache_key(gguf_path)
+    if (target / "config.json").exists():
+        return target
+    from rich.console import Console
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    console = Console(stderr=True)
+    with console.status(f"[bold]dequantizing {gguf_path.name} to torch (once; cached in {target})"):
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+            model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+        except Exception as exc:
+            raise ModelFileError(f"{gguf_path}: transformers could not load this GGUF ({exc})") from None
+        # The weights are plain dequantized tensors now; drop the GGUF "quantizer" marker that
+        # makes save_pretrained refuse, so the copy loads like any HF model.
+        model.hf_quantizer = None
+        model.is_quantized = False
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        tmp = target.with_name(target.name + ".tmp")
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        tmp.replace(target)
+    return target
+
+
+class TransformersBackend:
+    """Batched generation with left padding and an attention mask, through `model.generate`."""
+
+    name = "transformers"
+
+    def __init__(
+        self,
+        path_or_id: str,
+        *,
+        device: str = "auto",
+        dtype: str = "auto",
+        max_batch: int = 32,
+        local_files_only: bool = False,
+    ):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.device = pick_device(device)
+        if dtype == "auto":
+            torch_dtype = torch.bfloat16 if self.device == "cuda" else torch.float32
+        else:
+            torch_dtype = getattr(torch, dtype)
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(path_or_id, local_files_only=local_files_only)
+            self.model = AutoModelForCausalLM.from_pretrained(
+                path_or_id, dtype=torch_dtype, local_files_only=local_files_only
+            ).to(self.device)
+        except OSError as exc:
+            raise ModelFileError(f"{path_or_id}: could not load the model ({exc})") from None
+        self.model.eval()
+        self.max_batch = max_batch
+        tok = self.tokenizer
+        tok.padding_side = "left"  # answers start right after each prompt
+        if tok.pad_token_id is None:
+            tok.pad_token = tok.eos_token
+        self.chat_template = tok.chat_template if isinstance(tok.chat_template, str) else None
+        self.bos_token = tok.bos_token or ""
+        self.eos_token = tok.eos_token or ""
+        self.context_length = int(
+            getattr(self.model.config, "max_position_embeddings", None) or tok.model_max_length or 2048
+        )
+        self._add_bos = self._tokenizer_adds_bos()
+        self._eog_ids = self._end_of_generation_ids()
+
+    def _tokenizer_adds_bos(self) -> bool:
+        ids = self.tokenizer("a", add_special_tokens=True)["input_ids"]
+        return bool(ids) and self.tokenizer.bos_token_id is not None and ids[0] == self.tokenizer.bos_token_id
+
+    def _end_of_generation_ids(self) -> set[int]:
+        ids: set[int] = set()
+        for source in (self.model.generation_config.eos_token_id, self.tokenizer.eos_token_id):
+            if isinstance(source, int):
+                ids.add(source)
+            elif source:
+                ids.update(source)
+        # Chat models end turns with a special token that is not always the EOS id (Gemma's <end_of_turn>).
+        for text in ("<end_of_turn>", "<|im_end|>", "<|eot_id|>", "<|end|>"):
+            token_id = self.tokenizer.convert_tokens_to_ids(text)
+            if isinstance(token_id, int) and token_id != self.tokenizer.unk_token_id:
+                ids.add(token_id)
+        return ids
+
+    def _special_stop_ids(self, stops: tuple[str, ...]) -> set[int]:
+        """Stop strings that are one special token are matched by id (the decoded text drops them)."""
+        specials = set(self.tokenizer.all_special_tokens) | set(self.tokenizer.get_added_vocab())
+        return {self.tokenizer.convert_tokens_to_ids(s) for s in stops if s in specials}
+
+    def count_tokens(self, text: str) -> int:
+        return len(self._encode(text))
+
+    def _encode(self, text: str) -> list[int]:
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        if self._add_bos:
+            ids = [self.tokenizer.bos_token_id, *ids]
+        return ids
+
+    def generate(self, prompts: list[str], options: GenerationOptions) -> list[BackendOutput]:
+        results: list[BackendOutput | None] = [None] * len(prompts)
+        encoded = [self._encode(p) for p in prompts]
+        runnable = []
+        for i, ids in enumerate(encoded):
+            if len(ids) + 1 > self.context_length:
+                results[i] = BackendOutput(
+                    "", "error", len(ids), 0,
+                    error=f"prompt is {len(ids)} tokens; the model's context is {self.context_length} tokens",
+                )
+            else:
+                runnable.append(i)
+        # Similar lengths together waste less compute on padding.
+        runnable.sort(key=lambda i: len(encoded[i]))
+        for start in range(0, len(runnable), self.max_batch):
+            chunk = runnable[start : start + self.max_batch]
+            for i, out in zip(chunk, self._generate_batch([encoded[i] for i in chunk], options)):
+                results[i] = out
+        return results  # type: ignore[return-value]
+
+    def _generate_batch(self, batch: list[list[int]], options: GenerationOptions) -> list[BackendOutput]:
+        import torch
+
+        pad_id = self.tokenizer.pad_token_id
+        width = max(len(ids) for ids in batch)
+        input_ids = torch.tensor([[pad_id] * (width - len(ids)) + ids for ids in batch], device=self.device)
+        attention = torch.tensor(
+            [[0] * (width - len(ids)) + [1] * len(ids) for ids in batch], device=self.device
+        )
+        max_new = min(options.max_new_tokens, self.context_length - width)
+        special_stops = self._special_stop_ids(options.stop)
+        stop_ids = self._eog_ids | special_stops
+        text_stops = tuple(s for s in options.stop if not self._special_stop_ids((s,)))
+        kwargs = dict(
+            max_new_tokens=max_new,
+            do_sample=not options.greedy,
+            repetition_penalty=options.repetition_penalty,
+            eos_token_id=sorted(stop_ids),
+            pad_token_id=pad_id,
+        )
+        if not options.greedy:
+            kwargs.update(temperature=options.temperature, top_p=options.top_p, top_k=options.top_k or None)
+            if options.seed is not None:
+                torch.manual_seed(options.seed)
+        else:
+            kwargs.update(temperature=None, top_p=None, top_k=None)
+        if text_stops:
+            kwargs.update(stop_strings=list(text_stops), tokenizer=self.tokenizer)
+        with torch.inference_mode():
+            out = self.model.generate(input_ids=input_ids, attention_mask=attention, **kwargs)
+        outputs = []
+        for row, ids in zip(out[:, width:].tolist(), batch):
+            generated, hit_eog = [], False
+            for token in row:
+                if token in stop_ids:
+                    hit_eog = True
+                    break
+                generated.append(token)
+            text = self.tokenizer.decode(generated, skip_special_tokens=True)
+            text, hit_stop = cut_at_stop(text, options.stop)
+            if hit_stop:
+                # Count only the tokens that made the kept text.
+                kept = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+                n_tokens = min(len(kept), len(generated))
+            else:
+                n_tokens = len(generated)
+            reason = "stop" if (hit_eog or hit_stop or len(generated) < max_new) else "length"
+            outputs.append(BackendOutput(text, reason, len(ids), n_tokens))
+        return outputs
+
+    def close(self) -> None:
+        self.model = None

@@ -1,0 +1,189 @@
+"""The engine: resolved model + prompts + template + options -> Completions.
+
+The Python API, the CLI and (later) the server all call this; it knows nothing of HTTP or terminals.
+Loaded backends are cached per (model, backend, device), so several runners on one model share weights.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+from tunelab.backends.base import Backend
+from tunelab.config import Settings
+from tunelab.device import pick_device
+from tunelab.errors import ConfigError
+from tunelab.generation import BackendOutput, Completion, GenerationOptions
+from tunelab.models import ResolvedModel
+from tunelab.templates import Template, resolve_template
+
+log = logging.getLogger("tunelab")
+
+BACKENDS = ("auto", "transformers", "llama_cpp")
+
+
+def choose_backend(model: ResolvedModel, requested: str, device: str) -> str:
+    """`auto`: llama.cpp for a GGUF on CPU (fastest here), transformers otherwise."""
+    if model.remote is not None:
+        if requested not in ("auto", "remote"):
+            raise ConfigError(f"{model.name!r} is a remote model; it has no local {requested!r} backend")
+        return "remote"
+    if requested not in BACKENDS:
+        raise ConfigError(f"unknown backend {requested!r}; choose one of {BACKENDS}")
+    if requested == "llama_cpp":
+        if model.gguf_path is None:
+            raise ConfigError(
+                f"{model.name!r} is not a GGUF file, so the llama_cpp backend cannot run it; "
+                "use backend='transformers'"
+            )
+        return "llama_cpp"
+    if requested == "transformers":
+        return "transformers"
+    if model.gguf_path is not None and device == "cpu" and importlib.util.find_spec("llama_cpp"):
+        return "llama_cpp"
+    return "transformers"
+
+
+@dataclass
+class Prepared:
+    """Prompts after validation and templating; `errors[i]` is set for a prompt that cannot run."""
+
+    texts: list[str]
+    errors: list[str | None]
+    wrapped: list[bool]
+
+
+def prepare_prompts(prompts: list, template: Template, system: str | None) -> Prepared:
+    texts, errors, wrapped = [], [], []
+    for i, prompt in enumerate(prompts):
+        where = f"prompt {i}" if len(prompts) > 1 else "the prompt"
+        if not isinstance(prompt, str):
+            texts.append("")
+            errors.append(f"{where} is a {type(prompt).__name__}, not a string: {prompt!r:.60}")
+            wrapped.append(False)
+        elif not prompt.strip():
+            texts.append("")
+            errors.append(f"{where} is empty")
+            wrapped.append(False)
+        else:
+            texts.append(template.render(prompt, system))
+            errors.append(None)
+            wrapped.append(template.is_wrapped(prompt))
+    return Prepared(texts, errors, wrapped)
+
+
+class Engine:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self._backends: dict[tuple, Backend] = {}
+        self._lock = threading.Lock()
+
+    def load(self, model: ResolvedModel, backend: str = "auto", device: str = "auto") -> Backend:
+        device_name = "remote" if model.remote is not None else pick_device(device)
+        kind = choose_backend(model, backend, device_name)
+        key = (model.name, str(model.gguf_path or model.hf_path or model.remote), kind, device_name)
+        with self._lock:
+            if key not in self._backends:
+                self._backends[key] = self._build(model, kind, device_name)
+            return self._backends[key]
+
+    def _build(self, model: ResolvedModel, kind: str, device: str) -> Backend:
+        if kind == "remote":
+            from tunelab.backends.remote_backend import RemoteBackend
+
+            return RemoteBackend(model.remote)
+        if kind == "llama_cpp":
+            from tunelab.backends.llama_cpp_backend import LlamaCppBackend
+
+            return LlamaCppBackend(model.gguf_path)
+        from tunelab.backends.transformers_backend import TransformersBackend, dequantized_dir
+
+        if model.gguf_path is not None:
+            return TransformersBackend(str(dequantized_dir(model.gguf_path, self.settings.home)), device=device)
+        return TransformersBackend(model.hf_path, device=device, local_files_only=model.source != "hub")
+
+    def template_for(self, model: ResolvedModel, backend: Backend, spec: str | None) -> Template:
+        return resolve_template(
+            spec,
+            model_chat_template=backend.chat_template,
+            model_name=model.alias_of or model.name,
+            bos_token=backend.bos_token,
+            eos_token=backend.eos_token,
+        )
+
+    def generate(
+        self,
+        model: ResolvedModel,
+        prompts: list,
+        *,
+        options: GenerationOptions,
+        template: str | None = "auto",
+        system: str | None = None,
+        backend: str = "auto",
+        device: str = "auto",
+    ) -> list[Completion]:
+        """Answer every prompt as one batch; a bad prompt gets an error record, the others their answers."""
+        engine_backend = self.load(model, backend, device)
+        remote_chat = engine_backend.name == "remote" and (template or "auto") == "auto"
+        if remote_chat:
+            # The service applies the model's own template; tunelab sends plain messages.
+            chosen = Template("service's own", "{{ prompt }}")
+        else:
+            chosen = self.template_for(model, engine_backend, template)
+        prepared = prepare_prompts(prompts, chosen, system)
+        options = GenerationOptions.from_kwargs(options, stop=tuple(dict.fromkeys(options.stop + chosen.stop)))
+        runnable = [i for i, err in enumerate(prepared.errors) if err is None]
+        start = time.perf_counter()
+        if not runnable:
+            outputs: list[BackendOutput] = []
+        elif remote_chat:
+            outputs = engine_backend.generate_chat([prompts[i] for i in runnable], options, system)
+        else:
+            outputs = engine_backend.generate([prepared.texts[i] for i in runnable], options)
+        latency = time.perf_counter() - start
+        by_index = dict(zip(runnable, outputs))
+        completions = []
+        for i, prompt in enumerate(prompts):
+            out = by_index.get(i) or BackendOutput("", "error", 0, 0, error=prepared.errors[i])
+            completions.append(
+                Completion(
+                    text=out.text,
+                    finish_reason=out.finish_reason,
+                    prompt_tokens=out.prompt_tokens,
+                    completion_tokens=out.completion_tokens,
+                    model=model.name,
+                    template=chosen.name,
+                    backend=engine_backend.name,
+                    prompt=prompt if isinstance(prompt, str) else repr(prompt),
+                    latency_s=latency if i in by_index else 0.0,
+                    tokens_per_s=out.completion_tokens / latency if latency > 0 and i in by_index else 0.0,
+                    error=out.error,
+                    max_new_tokens=options.max_new_tokens,
+                    extra={
+                        k: v
+                        for k, v in {
+                            "requested_model": model.requested if model.requested != model.name else None,
+                            "alias_of": model.alias_of,
+                            "already_wrapped": prepared.wrapped[i] or None,
+                        }.items()
+                        if v is not None
+                    },
+                )
+            )
+        return completions
+
+
+_ENGINES: dict[str, Engine] = {}
+
+
+def engine_for(settings: Settings) -> Engine:
+    """One engine per data home, shared by every runner in the process."""
+    key = str(settings.home)
+    if key not in _ENGINES:
+        _ENGINES[key] = Engine(settings)
+    engine = _ENGINES[key]
+    engine.settings = settings
+    return engine

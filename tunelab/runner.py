@@ -1,0 +1,172 @@
+"""The facade a user meets first: Lamini-compatible runners over tunelab's engine."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, overload
+
+from tunelab.config import Settings, load_settings
+from tunelab.embedded import SMOLLM2
+from tunelab.engine import Engine, engine_for
+from tunelab.errors import BatchError, PromptError
+from tunelab.generation import Completion, GenerationOptions
+from tunelab.models import ResolvedModel, resolve
+
+log = logging.getLogger("tunelab")
+
+DEFAULT_CHAT_MODEL = SMOLLM2.name
+
+
+class BasicModelRunner:
+    """Run a causal language model by name, on one prompt or a batch.
+
+    >>> from tunelab import BasicModelRunner
+    >>> base = BasicModelRunner("gemma-3-270m")                  # an embedded base model
+    >>> text = base("Tell me how to train my dog to sit")          # str in, str out
+    >>> chat = BasicModelRunner("smollm2-135m-instruct", max_new_tokens=128)
+    >>> answers = chat(["What do you think of Mars?", "Who is the boss of Twitter?"])  # list in, list out
+    >>> record = chat.generate("Tell me how to train my dog to sit", max_new_tokens=5)
+    >>> record.finish_reason
+    'length'
+
+    Names resolve as described in `tunelab.models` (embedded, local path, HF cache, alias, remote,
+    registry, hub). `template` is "auto" (the model's own chat template, or none for a base model),
+    "raw", "llama2", "chatml", or a Jinja string. Generation defaults (`max_new_tokens` or Lamini's
+    `max_tokens`, `temperature`, `top_p`, `top_k`, `repetition_penalty`, `stop`, `seed`) can be set
+    here and overridden per call. Greedy by default.
+    """
+
+    def __init__(
+        self,
+        model_name: str = DEFAULT_CHAT_MODEL,
+        config: dict[str, Any] | None = None,
+        *,
+        template: str = "auto",
+        system_prompt: str | None = None,
+        backend: str | None = None,
+        device: str | None = None,
+        **generation_defaults: Any,
+    ):
+        self.config = dict(config or {})
+        self.settings: Settings = load_settings(self.config)
+        if self.settings.production_key and not self.settings.production_url:
+            log.debug("an API key was given but no server URL: running locally, the key is not used")
+        self.template = template
+        self.system_prompt = system_prompt
+        self.backend = backend or self.settings.backend
+        self.device = device or self.settings.device
+        self.defaults = GenerationOptions.from_kwargs(None, **generation_defaults)
+        self.model_name = model_name
+        self._resolved: ResolvedModel | None = None
+        self._resolved_for: str | None = None
+        self.resolved  # resolve now, so a bad name fails here and not at the first call
+
+    @property
+    def resolved(self) -> ResolvedModel:
+        # `model_name` may be reassigned (Lamini's train() does), so resolve again when it changes.
+        if self._resolved is None or self._resolved_for != self.model_name:
+            self._resolved = resolve(self.model_name, self.settings)
+            self._resolved_for = self.model_name
+        return self._resolved
+
+    @property
+    def engine(self) -> Engine:
+        return engine_for(self.settings)
+
+    def load(self) -> BasicModelRunner:
+        """Load the weights now instead of at the first call."""
+        self.engine.load(self.resolved, self.backend, self.device)
+        return self
+
+    @overload
+    def generate(self, prompt: str, **options: Any) -> Completion: ...
+    @overload
+    def generate(self, prompt: list, **options: Any) -> list[Completion]: ...
+
+    def generate(self, prompt, **options):
+        """Completion record(s): text, finish_reason ("stop" | "length"), token counts, model, timing.
+
+        A single bad prompt raises PromptError. In a list, a bad prompt gets a record with
+        finish_reason "error" and `error` set; the other prompts are answered.
+        """
+        template = options.pop("template", self.template)
+        system = options.pop("system_prompt", self.system_prompt)
+        opts = GenerationOptions.from_kwargs(self.defaults, **options)
+        single = not isinstance(prompt, list | tuple)
+        prompts = [prompt] if single else list(prompt)
+        completions = self.engine.generate(
+            self.resolved, prompts, options=opts, template=template, system=system,
+            backend=self.backend, device=self.device,
+        )
+        if single:
+            if completions[0].error:
+                raise PromptError(completions[0].error)
+            return completions[0]
+        return completions
+
+    @overload
+    def __call__(self, prompt: str, **options: Any) -> str: ...
+    @overload
+    def __call__(self, prompt: list, **options: Any) -> list[str]: ...
+
+    def __call__(self, prompt, **options):
+        """Answer text: a str for a str, a list of str (in order) for a list.
+
+        If some prompts of a list are bad, BatchError names them and carries every answer in
+        `.completions`, so the good answers are not lost.
+        """
+        result = self.generate(prompt, **options)
+        if isinstance(result, Completion):
+            return result.text
+        bad = [(i, c.error) for i, c in enumerate(result) if c.error]
+        if bad:
+            detail = "; ".join(f"#{i}: {err}" for i, err in bad)
+            raise BatchError(
+                f"{len(bad)} of {len(result)} prompts could not be answered ({detail}); "
+                "the other answers are in this error's .completions",
+                result,
+            )
+        return [c.text for c in result]
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.model_name!r}, template={self.template!r})"
+
+
+class LlamaV2Runner(BasicModelRunner):
+    """Lamini's Llama-2 runner: the llama2 `[INST]` template with an optional system prompt."""
+
+    def __init__(
+        self,
+        model_name: str = "meta-llama/Llama-2-7b-chat-hf",
+        config: dict[str, Any] | None = None,
+        *,
+        system_prompt: str | None = None,
+        **kwargs: Any,
+    ):
+        kwargs.setdefault("template", "llama2")
+        super().__init__(model_name, config, system_prompt=system_prompt, **kwargs)
+
+
+class LLMEngine(BasicModelRunner):
+    """Lamini's `LLMEngine(id=..., config={"production.key": ...})`, run locally on the default chat model.
+
+    >>> llm = LLMEngine(id="example_llm", config={"production.key": "..."})
+    >>> llm("What do you think of Mars?")  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        id: str | None = None,
+        model_name: str | None = None,
+        config: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ):
+        self.id = id
+        super().__init__(model_name or DEFAULT_CHAT_MODEL, config, **kwargs)
+
+    def __call__(self, input=None, output_type=None, **options):  # noqa: A002 - Lamini's parameter name
+        if output_type is not None:
+            raise NotImplementedError(
+                "typed output (output_type=...) is not available yet in this tunelab version"
+            )
+        return super().__call__(input, **options)

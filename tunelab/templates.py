@@ -1,0 +1,179 @@
+"""Prompt templates: how a prompt becomes the text a model sees, and where its answer ends.
+
+- ``raw``: the text as given (what the lesson's base-model calls do);
+- ``llama2``: ``[INST] ... [/INST]`` with an optional ``<<SYS>>`` block;
+- ``chatml``: ``<|im_start|>user ... <|im_end|>`` turns;
+- the model's own chat template (``auto`` on a chat model), read from its tokenizer or GGUF;
+- a user Jinja string, given ``messages`` (chat style) and ``prompt``/``system`` (plain style).
+
+Templates never emit the BOS token: backends add it when the model wants it, so it is never doubled.
+A prompt that already carries a template's markers (the lesson's ``"[INST]...[/INST]"``) is passed
+through unwrapped.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from functools import lru_cache
+
+from jinja2 import TemplateError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from tunelab.errors import ConfigError
+
+log = logging.getLogger("tunelab")
+
+BUILTIN_TEMPLATES = ("raw", "llama2", "chatml")
+TEMPLATE_CHOICES = ("auto", *BUILTIN_TEMPLATES)
+
+_LLAMA2 = (
+    "{% if system %}[INST] <<SYS>>\n{{ system }}\n<</SYS>>\n\n{{ prompt }} [/INST]"
+    "{% else %}[INST] {{ prompt }} [/INST]{% endif %}"
+)
+_CHATML = (
+    "{% if system %}<|im_start|>system\n{{ system }}<|im_end|>\n{% endif %}"
+    "<|im_start|>user\n{{ prompt }}<|im_end|>\n<|im_start|>assistant\n"
+)
+_RAW = "{{ prompt }}"
+
+_SENTINEL = "\u2063TUNELAB_SENTINEL\u2063"
+
+
+@dataclass(frozen=True)
+class Template:
+    """A way to wrap a prompt. `stop` ends the answer; `markers` show a prompt is already wrapped."""
+
+    name: str
+    source: str  # Jinja text
+    stop: tuple[str, ...] = ()
+    markers: tuple[str, ...] = ()
+    bos_token: str = ""
+    eos_token: str = ""
+
+    def is_wrapped(self, prompt: str) -> bool:
+        return any(m in prompt for m in self.markers)
+
+    def render(self, prompt: str, system: str | None = None) -> str:
+        """The text the model sees. A prompt already in this template is returned unchanged."""
+        if self.is_wrapped(prompt):
+            return prompt
+        messages = ([{"role": "system", "content": system}] if system else []) + [
+            {"role": "user", "content": prompt}
+        ]
+        try:
+            text = _compile(self.source).render(
+                messages=messages,
+                prompt=prompt,
+                system=system or "",
+                add_generation_prompt=True,
+                bos_token=self.bos_token,
+                eos_token=self.eos_token,
+            )
+        except TemplateError as exc:
+            raise ConfigError(f"template {self.name!r} failed to render: {exc}") from None
+        if self.bos_token and text.startswith(self.bos_token):
+            text = text[len(self.bos_token) :]  # the backend adds BOS itself
+        return text
+
+
+def _raise(message: str) -> None:
+    raise TemplateError(message)
+
+
+@lru_cache(maxsize=64)
+def _compile(source: str):
+    # The sandbox HF uses for chat templates: a template from a model file cannot touch Python objects.
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    env.globals["raise_exception"] = _raise
+    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+    try:
+        return env.from_string(source)
+    except TemplateError as exc:
+        raise ConfigError(f"template is not valid Jinja: {exc}") from None
+
+
+def _family(source: str) -> str:
+    if "<|im_start|>" in source:
+        return "chatml"
+    if "[INST]" in source:
+        return "llama2"
+    if "<start_of_turn>" in source:
+        return "gemma"
+    if "<|start_header_id|>" in source:
+        return "llama3"
+    return "custom"
+
+
+def _from_jinja(name: str, source: str, bos_token: str, eos_token: str) -> Template:
+    """Derive markers and stops from a chat template by rendering a sentinel message."""
+    probe = Template(name=name, source=source, bos_token=bos_token, eos_token=eos_token)
+    rendered = probe.render(_SENTINEL)
+    prefix = rendered.split(_SENTINEL)[0] if _SENTINEL in rendered else ""
+    lines = [line.strip() for line in prefix.splitlines() if line.strip()]
+    # The line that opens the user turn, e.g. "<|im_start|>user" or "[INST]": a prompt carrying it is
+    # already wrapped, and a model writing it has started the user's next turn (self-dialogue).
+    marker = lines[-1] if lines else ""
+    if "{{" in source and "messages" not in source:
+        marker = ""  # a plain prompt template has no turn structure to detect
+    stops = tuple(s for s in (eos_token, marker) if s)
+    if _family(source) == "chatml":
+        stops += ("<|im_end|>",)
+    return Template(
+        name=name,
+        source=source,
+        stop=stops,
+        markers=(marker,) if marker else (),
+        bos_token=bos_token,
+        eos_token=eos_token,
+    )
+
+
+def builtin(name: str, bos_token: str = "", eos_token: str = "") -> Template:
+    if name == "raw":
+        return Template("raw", _RAW, bos_token=bos_token, eos_token=eos_token)
+    if name == "llama2":
+        return Template(
+            "llama2", _LLAMA2, stop=("[INST]",), markers=("[INST]",), bos_token=bos_token, eos_token=eos_token
+        )
+    if name == "chatml":
+        return Template(
+            "chatml",
+            _CHATML,
+            stop=("<|im_end|>", "<|im_start|>"),
+            markers=("<|im_start|>",),
+            bos_token=bos_token,
+            eos_token=eos_token,
+        )
+    raise ConfigError(f"unknown template {name!r}; choose one of {TEMPLATE_CHOICES} or give a Jinja string")
+
+
+def resolve_template(
+    spec: str | None,
+    *,
+    model_chat_template: str | None,
+    model_name: str = "",
+    bos_token: str = "",
+    eos_token: str = "",
+) -> Template:
+    """Pick the template for `spec` ("auto", a built-in name, or a Jinja string) on a given model.
+
+    "auto" is the model's own chat template when it has one (a chat model), raw text otherwise
+    (a base model) — except Llama-2 chat checkpoints without a template in their files, which get llama2.
+    """
+    spec = spec or "auto"
+    if spec == "auto":
+        if model_chat_template:
+            family = _family(model_chat_template)
+            return _from_jinja(f"{family} (model's own)", model_chat_template, bos_token, eos_token)
+        lowered = model_name.lower()
+        if "llama-2" in lowered and "chat" in lowered:
+            return builtin("llama2", bos_token, eos_token)
+        return builtin("raw", bos_token, eos_token)
+    if spec in BUILTIN_TEMPLATES:
+        return builtin(spec, bos_token, eos_token)
+    if "{{" in spec or "{%" in spec:
+        _compile(spec)
+        return _from_jinja("custom", spec, bos_token, eos_token)
+    raise ConfigError(f"unknown template {spec!r}; choose one of {TEMPLATE_CHOICES} or give a Jinja string")

@@ -60,6 +60,8 @@ def make_tiny_llama(path: Path, *, chat: bool = True, seed: int = 0, max_positio
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=True,
+        # wide random weights, so different prompts give different (still deterministic) answers
+        initializer_range=0.5,
     )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)

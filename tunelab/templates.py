@@ -34,7 +34,8 @@ _LLAMA2 = (
 )
 _CHATML = (
     "{% if system %}<|im_start|>system\n{{ system }}<|im_end|>\n{% endif %}"
-    "<|im_start|>user\n{{ prompt }}<|im_end|>\n<|im_start|>assistant\n"
+    # a trailing literal newline would be dropped by Jinja, so the last one is an expression
+    "<|im_start|>user\n{{ prompt }}<|im_end|>\n{{ '<|im_start|>assistant\\n' }}"
 )
 _RAW = "{{ prompt }}"
 

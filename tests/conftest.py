@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.tiny_models import make_tiny_llama
+
+
+@pytest.fixture(scope="session")
+def tunelab_home(tmp_path_factory) -> Path:
+    # One data home per test session: the embedded Gemma file is assembled (and dequantized) once.
+    # CI passes a persistent one through TUNELAB_TEST_HOME so reruns reuse the caches.
+    home = os.environ.get("TUNELAB_TEST_HOME")
+    return Path(home) if home else tmp_path_factory.mktemp("tunelab-home")
+
+
+@pytest.fixture(autouse=True)
+def isolated_env(tunelab_home, tmp_path, monkeypatch) -> Path:
+    """Every test gets tunelab's data home, an empty config file of its own, and no hub."""
+    config = tmp_path / "config.yaml"
+    monkeypatch.setenv("TUNELAB_HOME", str(tunelab_home))
+    monkeypatch.setenv("TUNELAB_CONFIG", str(config))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    for var in ("TUNELAB_URL", "TUNELAB_API_KEY", "TUNELAB_BACKEND", "TUNELAB_DEVICE"):
+        monkeypatch.delenv(var, raising=False)
+    return config
+
+
+@pytest.fixture(scope="session")
+def tiny_chat_dir(tmp_path_factory) -> Path:
+    return make_tiny_llama(tmp_path_factory.mktemp("tiny-chat"), chat=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_base_dir(tmp_path_factory) -> Path:
+    return make_tiny_llama(tmp_path_factory.mktemp("tiny-base"), chat=False)

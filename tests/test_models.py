@@ -1,0 +1,120 @@
+"""Name resolution: the order, aliases, remote names, registry, and the errors when nothing matches."""
+
+import shutil
+
+import pytest
+
+from tunelab import BasicModelRunner, LLMEngine, LlamaV2Runner
+from tunelab.config import load_settings
+from tunelab.embedded import EMBEDDED, SMOLLM2, embedded_gguf_path, verify_sha256
+from tunelab.errors import ModelFileError, ModelNotFoundError
+from tunelab.models import resolve
+
+
+def test_embedded_short_names_resolve_to_checked_files():
+    settings = load_settings()
+    for name, model in EMBEDDED.items():
+        r = resolve(name, settings)
+        assert r.source == "embedded" and r.gguf_path.exists() and r.gguf_path.stat().st_size == model.size
+        assert r.chat == model.chat
+    assert resolve("SmolLM2-135M-Instruct", settings).name == SMOLLM2.name
+
+
+def test_wrong_hash_file_is_refused(tmp_path):
+    fake = tmp_path / "model.gguf"
+    fake.write_bytes(b"GGUF" + b"\0" * 100)
+    with pytest.raises(ModelFileError, match=r"model.gguf: sha256 is [0-9a-f]{64}, expected"):
+        verify_sha256(fake, SMOLLM2.sha256, tmp_path)
+
+
+def test_a_checked_file_that_changes_is_checked_again(tmp_path):
+    settings = load_settings()
+    good = embedded_gguf_path(SMOLLM2, settings.home)
+    copy = tmp_path / "copy.gguf"
+    shutil.copy(good, copy)
+    verify_sha256(copy, SMOLLM2.sha256, tmp_path)
+    with open(copy, "r+b") as f:
+        f.seek(1000)
+        f.write(b"corrupt")
+    with pytest.raises(ModelFileError, match="corrupt"):
+        verify_sha256(copy, SMOLLM2.sha256, tmp_path)
+
+
+def test_local_directory_and_gguf_file(tiny_chat_dir, tmp_path):
+    settings = load_settings()
+    r = resolve(str(tiny_chat_dir), settings)
+    assert r.source == "local" and r.hf_path == str(tiny_chat_dir)
+    gguf = tmp_path / "x.gguf"
+    gguf.write_bytes(b"")
+    assert resolve(str(gguf), settings).gguf_path == gguf
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelNotFoundError, match="neither a .gguf file nor a model directory"):
+        resolve(str(tmp_path / "empty"), settings)
+
+
+def test_alias_is_followed_and_recorded(isolated_env, tiny_chat_dir):
+    isolated_env.write_text(f"aliases:\n  meta-llama/Llama-2-7b-chat-hf: {tiny_chat_dir}\n")
+    runner = BasicModelRunner("meta-llama/Llama-2-7b-chat-hf", backend="transformers", max_new_tokens=3)
+    c = runner.generate("Hi")
+    assert c.model == str(tiny_chat_dir)
+    assert c.extra["alias_of"] == "meta-llama/Llama-2-7b-chat-hf"
+    assert runner.resolved.label.endswith("(alias of meta-llama/Llama-2-7b-chat-hf)")
+
+
+def test_alias_loop_is_an_error(isolated_env):
+    isolated_env.write_text("aliases:\n  a: b\n  b: a\n")
+    with pytest.raises(ModelNotFoundError, match="alias loop"):
+        resolve("a", load_settings())
+
+
+def test_hub_id_offline_names_the_stand_ins_and_the_alias_to_add():
+    with pytest.raises(ModelNotFoundError) as info:
+        BasicModelRunner("meta-llama/Llama-2-7b-hf")
+    message = str(info.value)
+    assert "not available offline" in message and "HF_HUB_OFFLINE" in message
+    assert "gemma-3-270m (base)" in message and "smollm2-135m-instruct (chat)" in message
+    assert "meta-llama/Llama-2-7b-hf: gemma-3-270m" in message
+
+
+def test_hosted_name_unconfigured_shows_the_config_lines():
+    with pytest.raises(ModelNotFoundError) as info:
+        BasicModelRunner("chat-gpt")
+    message = str(info.value)
+    assert "remote:" in message and "base_url:" in message and "api_key_env:" in message
+
+
+def test_remote_name_from_config(isolated_env):
+    isolated_env.write_text(
+        "remote:\n  chat-gpt:\n    base_url: http://127.0.0.1:9/v1\n    model: m\n    api_key_env: MY_KEY\n"
+    )
+    r = resolve("chat-gpt", load_settings())
+    assert r.source == "remote" and r.remote.model == "m" and r.remote.api_key_env == "MY_KEY"
+
+
+def test_server_url_sends_every_name_to_the_server():
+    r = resolve("anything", load_settings({"production.url": "http://127.0.0.1:8000", "production.key": "k"}))
+    assert r.source == "server" and r.remote.base_url == "http://127.0.0.1:8000/v1" and r.remote.api_key == "k"
+
+
+def test_registry_id(tiny_chat_dir, tunelab_home):
+    target = tunelab_home / "registry" / "tiny-tuned-abc123"
+    shutil.copytree(tiny_chat_dir, target, dirs_exist_ok=True)
+    r = resolve("tiny-tuned-abc123", load_settings())
+    assert r.source == "registry" and r.hf_path == str(target)
+
+
+def test_unknown_name_lists_what_was_tried():
+    with pytest.raises(ModelNotFoundError) as info:
+        resolve("no-such-model", load_settings())
+    message = str(info.value)
+    for tried in ("embedded defaults", "a local path", "aliases in", "remote models", "registry"):
+        assert tried in message
+
+
+def test_lamini_entry_points_construct_locally():
+    llm = LLMEngine(id="example_llm", config={"production.key": "xxxx"})
+    assert llm.id == "example_llm" and llm.resolved.name == "smollm2-135m-instruct"
+    with pytest.raises(ModelNotFoundError, match="Llama-2-7b-chat-hf"):
+        LlamaV2Runner()
+    v2 = LlamaV2Runner("smollm2-135m-instruct", system_prompt="Be brief.")
+    assert v2.template == "llama2" and v2.system_prompt == "Be brief."

@@ -1,0 +1,73 @@
+import pytest
+
+from tunelab.errors import ConfigError
+from tunelab.templates import resolve_template
+from tests.tiny_models import CHATML_TEMPLATE
+
+LLAMA2_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}[INST] {{ m['content'] }} [/INST]"
+    "{% endif %}{% endfor %}"
+)
+
+
+def test_llama2_wraps_with_inst_tags_and_optional_system():
+    t = resolve_template("llama2", model_chat_template=None)
+    assert t.render("Tell me how to train my dog to sit") == "[INST] Tell me how to train my dog to sit [/INST]"
+    with_system = t.render("Hi", system="Be brief.")
+    assert with_system == "[INST] <<SYS>>\nBe brief.\n<</SYS>>\n\nHi [/INST]"
+
+
+def test_already_wrapped_prompt_is_not_wrapped_twice():
+    t = resolve_template("llama2", model_chat_template=None)
+    lesson = "[INST]Tell me how to train my dog to sit[/INST]"
+    assert t.render(lesson) == lesson
+
+
+def test_chatml_template_and_its_stops():
+    t = resolve_template("chatml", model_chat_template=None)
+    assert t.render("Hi") == "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    assert "<|im_end|>" in t.stop
+
+
+def test_auto_uses_the_models_own_template_for_a_chat_model():
+    t = resolve_template("auto", model_chat_template=CHATML_TEMPLATE, eos_token="<|im_end|>")
+    assert t.name == "chatml (model's own)"
+    assert t.render("Hi") == "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    # the model opening a new user turn is self-dialogue: it ends the answer
+    assert "<|im_start|>user" in t.stop and "<|im_end|>" in t.stop
+    wrapped = "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    assert t.render(wrapped) == wrapped
+
+
+def test_auto_is_raw_for_a_base_model():
+    t = resolve_template("auto", model_chat_template=None, model_name="gemma-3-270m")
+    assert t.name == "raw"
+    assert t.render("[INST]x[/INST]") == "[INST]x[/INST]"
+    assert t.stop == ()
+
+
+def test_auto_picks_llama2_for_a_llama2_chat_checkpoint_without_a_template():
+    t = resolve_template("auto", model_chat_template=None, model_name="meta-llama/Llama-2-7b-chat-hf")
+    assert t.name == "llama2"
+
+
+def test_bos_in_a_model_template_is_left_to_the_backend():
+    t = resolve_template("auto", model_chat_template=LLAMA2_CHAT_TEMPLATE, bos_token="<s>", eos_token="</s>")
+    assert t.render("Hi") == "[INST] Hi [/INST]"
+    assert t.markers == ("[INST] Hi [/INST]".split(" Hi")[0],)
+
+
+def test_user_jinja_template_plain_and_chat_style():
+    plain = resolve_template("Q: {{ prompt }}\nA:", model_chat_template=None)
+    assert plain.render("2+2?") == "Q: 2+2?\nA:"
+    chat = resolve_template(
+        "{% for m in messages %}<<{{ m['role'] }}>>{{ m['content'] }}{% endfor %}<<assistant>>",
+        model_chat_template=None,
+    )
+    assert chat.render("Hi", system="S") == "<<system>>S<<user>>Hi<<assistant>>"
+
+
+@pytest.mark.parametrize("bad", ["alpaca", "{% for x in %}"])
+def test_unknown_or_broken_template_is_a_clear_error(bad):
+    with pytest.raises(ConfigError, match="template"):
+        resolve_template(bad, model_chat_template=None)

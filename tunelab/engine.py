@@ -84,7 +84,10 @@ class Engine:
     def load(self, model: ResolvedModel, backend: str = "auto", device: str = "auto") -> Backend:
         device_name = "remote" if model.remote is not None else pick_device(device)
         kind = choose_backend(model, backend, device_name)
-        key = (model.name, str(model.gguf_path or model.hf_path or model.remote), kind, device_name)
+        where = str(model.gguf_path or model.hf_path)
+        if model.remote is not None:  # a changed key or URL must reach a new client
+            where = model.remote.model_dump_json() + str(model.remote.resolve_key())
+        key = (model.name, where, kind, device_name)
         with self._lock:
             if key not in self._backends:
                 self._backends[key] = self._build(model, kind, device_name)

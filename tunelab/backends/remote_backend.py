@@ -1,7 +1,6 @@
 """Remote models: any OpenAI-compatible service (OpenAI, a tunelab server, llama_cpp.server, vLLM).
 
-A list of prompts is one request on /completions (the API takes a list) and concurrent requests on
-/chat/completions (one conversation each), so the service can batch them.
+A list of prompts goes out as concurrent requests, so the service can batch them.
 """
 
 from __future__ import annotations
@@ -83,28 +82,34 @@ class RemoteBackend:
                 usage.completion_tokens if usage else 0,
             )
 
-        with ThreadPoolExecutor(min(self.max_concurrency, len(prompts))) as pool:
-            return list(pool.map(one, prompts))
+        return self._concurrently(one, prompts)
 
     def generate(self, prompts: list[str], options: GenerationOptions) -> list[BackendOutput]:
-        """Already-templated texts, as one /completions request (the API takes a list)."""
+        """Already-templated texts on /completions, one request each, sent concurrently."""
+
+        def one(prompt: str) -> BackendOutput:
+            try:
+                response = self.client.completions.create(prompt=prompt, **self._params(options))
+            except Exception as exc:
+                raise self._error(exc) from None
+            choice = response.choices[0]
+            usage = response.usage
+            return BackendOutput(
+                choice.text,
+                "length" if choice.finish_reason == "length" else "stop",
+                usage.prompt_tokens if usage else 0,
+                usage.completion_tokens if usage else 0,
+            )
+
+        return self._concurrently(one, prompts)
+
+    def _concurrently(self, one, prompts: list[str]) -> list[BackendOutput]:
+        # Not every OpenAI-compatible server takes a list of prompts (llama_cpp.server does not), and
+        # chat takes one conversation per request: concurrent requests let the server batch them.
         if not prompts:
             return []
-        try:
-            response = self.client.completions.create(prompt=prompts, **self._params(options))
-        except Exception as exc:
-            raise self._error(exc) from None
-        choices = sorted(response.choices, key=lambda c: c.index)
-        per_prompt_usage = (response.usage.completion_tokens // len(prompts)) if response.usage else 0
-        return [
-            BackendOutput(
-                c.text,
-                "length" if c.finish_reason == "length" else "stop",
-                0,
-                per_prompt_usage,
-            )
-            for c in choices
-        ]
+        with ThreadPoolExecutor(min(self.max_concurrency, len(prompts))) as pool:
+            return list(pool.map(one, prompts))
 
     def close(self) -> None:
         self.client.close()

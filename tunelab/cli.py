@@ -18,7 +18,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="Run, compare
 config_app = typer.Typer(help="Where tunelab's configuration lives and what it holds.")
 app.add_typer(config_app, name="config")
 console = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # paths in errors must stay copyable
 
 TemplateOpt = Annotated[
     str, typer.Option("--template", "-t", help="auto | raw | llama2 | chatml | a Jinja string")

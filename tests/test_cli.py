@@ -1,0 +1,52 @@
+"""The `tunelab` command, run as a user would (typer's runner, real models)."""
+
+import json
+
+from typer.testing import CliRunner
+
+from tunelab.cli import app
+
+cli = CliRunner()
+
+
+def test_ask_prints_the_answer_and_says_when_it_was_cut(tiny_chat_dir):
+    result = cli.invoke(app, ["ask", str(tiny_chat_dir), "Hi there", "-n", "4", "--backend", "transformers"])
+    assert result.exit_code == 0, result.output
+    assert "cut off" in result.output and "finish_reason=length" in result.output
+    assert "4 answer tokens" in result.output
+
+
+def test_ask_json_gives_completion_records(tiny_chat_dir):
+    result = cli.invoke(
+        app, ["ask", str(tiny_chat_dir), "Hi", "Tell me", "-n", "3", "--json", "--template", "raw"]
+    )
+    assert result.exit_code == 0, result.output
+    records = json.loads(result.stdout)
+    assert [r["prompt"] for r in records] == ["Hi", "Tell me"]
+    assert all(r["finish_reason"] == "length" and r["template"] == "raw" for r in records)
+
+
+def test_unknown_model_is_one_clear_line_not_a_traceback():
+    result = cli.invoke(app, ["ask", "no-such-model", "Hi"])
+    assert result.exit_code == 1
+    assert "error: no model named 'no-such-model'" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_models_lists_embedded_aliases_and_remotes(isolated_env):
+    isolated_env.write_text(
+        "aliases:\n  meta-llama/Llama-2-7b-hf: gemma-3-270m\n"
+        "remote:\n  chat-gpt:\n    base_url: http://127.0.0.1:9/v1\n    model: gpt-3.5-turbo\n"
+        "    api_key_env: NO_SUCH_KEY_VAR\n"
+    )
+    result = cli.invoke(app, ["models"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    for text in ("gemma-3-270m", "smollm2-135m-instruct", "embedded", "meta-llama/Llama-2-7b-hf",
+                 "alias", "chat-gpt", "no key (NO_SUCH_KEY_VAR)"):
+        assert text in result.output
+
+
+def test_bad_config_file_is_reported_with_its_path(isolated_env):
+    isolated_env.write_text("backend: [\n")
+    result = cli.invoke(app, ["models"])
+    assert result.exit_code == 1 and str(isolated_env) in result.output and "not valid YAML" in result.output

@@ -41,8 +41,15 @@ def test_models_lists_embedded_aliases_and_remotes(isolated_env):
     )
     result = cli.invoke(app, ["models"], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
-    for text in ("gemma-3-270m", "smollm2-135m-instruct", "embedded", "meta-llama/Llama-2-7b-hf",
-                 "alias", "chat-gpt", "no key (NO_SUCH_KEY_VAR)"):
+    for text in (
+        "gemma-3-270m",
+        "smollm2-135m-instruct",
+        "embedded",
+        "meta-llama/Llama-2-7b-hf",
+        "alias",
+        "chat-gpt",
+        "no key (NO_SUCH_KEY_VAR)",
+    ):
         assert text in result.output
 
 

@@ -4,7 +4,7 @@ import shutil
 
 import pytest
 
-from tunelab import BasicModelRunner, LLMEngine, LlamaV2Runner
+from tunelab import BasicModelRunner, LlamaV2Runner, LLMEngine
 from tunelab.config import load_settings
 from tunelab.embedded import EMBEDDED, SMOLLM2, embedded_gguf_path, verify_sha256
 from tunelab.errors import ModelFileError, ModelNotFoundError
@@ -93,7 +93,9 @@ def test_remote_name_from_config(isolated_env):
 
 def test_server_url_sends_every_name_to_the_server():
     r = resolve("anything", load_settings({"production.url": "http://127.0.0.1:8000", "production.key": "k"}))
-    assert r.source == "server" and r.remote.base_url == "http://127.0.0.1:8000/v1" and r.remote.api_key == "k"
+    assert (
+        r.source == "server" and r.remote.base_url == "http://127.0.0.1:8000/v1" and r.remote.api_key == "k"
+    )
 
 
 def test_registry_id(tiny_chat_dir, tunelab_home):

@@ -1,8 +1,8 @@
 import pytest
 
+from tests.tiny_models import CHATML_TEMPLATE
 from tunelab.errors import ConfigError
 from tunelab.templates import resolve_template
-from tests.tiny_models import CHATML_TEMPLATE
 
 LLAMA2_CHAT_TEMPLATE = (
     "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}[INST] {{ m['content'] }} [/INST]"
@@ -12,7 +12,9 @@ LLAMA2_CHAT_TEMPLATE = (
 
 def test_llama2_wraps_with_inst_tags_and_optional_system():
     t = resolve_template("llama2", model_chat_template=None)
-    assert t.render("Tell me how to train my dog to sit") == "[INST] Tell me how to train my dog to sit [/INST]"
+    assert (
+        t.render("Tell me how to train my dog to sit") == "[INST] Tell me how to train my dog to sit [/INST]"
+    )
     with_system = t.render("Hi", system="Be brief.")
     assert with_system == "[INST] <<SYS>>\nBe brief.\n<</SYS>>\n\nHi [/INST]"
 

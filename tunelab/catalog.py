@@ -59,5 +59,7 @@ def list_models(settings: Settings) -> list[ModelRow]:
                 rows.append(ModelRow(entry.name, "tuned", "registry", str(entry), "ready"))
     rows.extend(_hf_cache_rows())
     if settings.production_url:
-        rows.append(ModelRow("*", "server", "config", settings.production_url, "every name goes to this server"))
+        rows.append(
+            ModelRow("*", "server", "config", settings.production_url, "every name goes to this server")
+        )
     return rows

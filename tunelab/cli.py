@@ -14,7 +14,9 @@ from rich.table import Table
 
 from tunelab.errors import TunelabError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Run, compare, fine-tune and serve LLMs locally.")
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help="Run, compare, fine-tune and serve LLMs locally."
+)
 config_app = typer.Typer(help="Where tunelab's configuration lives and what it holds.")
 app.add_typer(config_app, name="config")
 console = Console()
@@ -56,7 +58,9 @@ def ask(
     from tunelab.runner import BasicModelRunner
 
     try:
-        runner = BasicModelRunner(model, template=template, system_prompt=system, backend=backend, device=device)
+        runner = BasicModelRunner(
+            model, template=template, system_prompt=system, backend=backend, device=device
+        )
         completions = runner.generate(
             list(prompt), max_new_tokens=max_new_tokens, temperature=temperature, seed=seed
         )
@@ -126,7 +130,9 @@ def config_path():
     from tunelab.config import load_settings
 
     settings = load_settings()
-    print(f"config file: {settings.config_file}{'' if settings.config_file.exists() else ' (not created yet)'}")
+    print(
+        f"config file: {settings.config_file}{'' if settings.config_file.exists() else ' (not created yet)'}"
+    )
     print(f"data home:   {settings.home}")
 
 

@@ -2,7 +2,7 @@
 
 The file (``$TUNELAB_CONFIG`` or ``<user config dir>/tunelab/config.yaml``)::
 
-    aliases:                      # run the lesson's code unchanged offline (never silent: logged and recorded)
+    aliases:                      # run the lesson's code unchanged offline (logged, never silent)
       meta-llama/Llama-2-7b-hf: gemma-3-270m
       meta-llama/Llama-2-7b-chat-hf: smollm2-135m-instruct
     remote:                       # OpenAI-compatible services, answered through the same call
@@ -150,7 +150,5 @@ def load_settings(config: dict[str, Any] | None = None) -> Settings:
     try:
         return Settings.model_validate(merged)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
-        )
+        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors())
         raise ConfigError(f"bad tunelab configuration (file {path}, env vars, config=): {problems}") from None

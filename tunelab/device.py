@@ -15,9 +15,15 @@ def pick_device(requested: str = "auto") -> str:
             return "mps"
         return "cpu"
     if requested == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device 'cuda' was asked for but torch sees no CUDA GPU; use device='auto' or 'cpu'")
-    if requested == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ConfigError("device 'mps' was asked for but torch sees no Apple GPU; use device='auto' or 'cpu'")
+        raise ConfigError(
+            "device 'cuda' was asked for but torch sees no CUDA GPU; use device='auto' or 'cpu'"
+        )
+    if requested == "mps" and not (
+        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
+    ):
+        raise ConfigError(
+            "device 'mps' was asked for but torch sees no Apple GPU; use device='auto' or 'cpu'"
+        )
     if requested not in {"cuda", "mps", "cpu"}:
         raise ConfigError(f"unknown device {requested!r}; choose auto, cuda, mps or cpu")
     return requested

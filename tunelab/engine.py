@@ -105,7 +105,9 @@ class Engine:
         from tunelab.backends.transformers_backend import TransformersBackend, dequantized_dir
 
         if model.gguf_path is not None:
-            return TransformersBackend(str(dequantized_dir(model.gguf_path, self.settings.home)), device=device)
+            return TransformersBackend(
+                str(dequantized_dir(model.gguf_path, self.settings.home)), device=device
+            )
         return TransformersBackend(model.hf_path, device=device, local_files_only=model.source != "hub")
 
     def template_for(self, model: ResolvedModel, backend: Backend, spec: str | None) -> Template:
@@ -137,7 +139,9 @@ class Engine:
         else:
             chosen = self.template_for(model, engine_backend, template)
         prepared = prepare_prompts(prompts, chosen, system)
-        options = GenerationOptions.from_kwargs(options, stop=tuple(dict.fromkeys(options.stop + chosen.stop)))
+        options = GenerationOptions.from_kwargs(
+            options, stop=tuple(dict.fromkeys(options.stop + chosen.stop))
+        )
         runnable = [i for i, err in enumerate(prepared.errors) if err is None]
         start = time.perf_counter()
         if not runnable:

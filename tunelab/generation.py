@@ -29,7 +29,9 @@ class GenerationOptions:
 
     def __post_init__(self) -> None:
         if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
-            raise GenerationOptionError(f"max_new_tokens must be a positive integer, got {self.max_new_tokens!r}")
+            raise GenerationOptionError(
+                f"max_new_tokens must be a positive integer, got {self.max_new_tokens!r}"
+            )
         if self.temperature < 0:
             raise GenerationOptionError(f"temperature must be >= 0, got {self.temperature!r}")
         if not 0 < self.top_p <= 1:

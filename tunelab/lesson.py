@@ -78,14 +78,18 @@ def run_lesson(console: Console, *, max_new_tokens: int = 128, backend: str = "a
             c = completions[i]
             finish = "[yellow]length (cut)[/]" if c.truncated else c.finish_reason
             text = c.text.strip() or "[dim](empty answer)[/]"
-            table.add_row(f"{model}\n[dim]{label}\n{c.backend}[/]", _escape(text) if c.text.strip() else text,
-                          f"{finish}\n[dim]{c.completion_tokens} tok[/]")
+            table.add_row(
+                f"{model}\n[dim]{label}\n{c.backend}[/]",
+                _escape(text) if c.text.strip() else text,
+                f"{finish}\n[dim]{c.completion_tokens} tok[/]",
+            )
         console.print(table)
     cut = sum(c.truncated for cs in answers.values() for c in cs)
     total = sum(len(cs) for cs in answers.values())
     console.print(
         f"{cut} of {total} answers were cut at the {max_new_tokens}-token limit "
-        "(finish_reason=length): the lesson's incomplete answers. Rerun with --max-new-tokens 512 to see them end."
+        "(finish_reason=length): the lesson's incomplete answers. "
+        "Rerun with --max-new-tokens 512 to see them end."
     )
     return answers
 

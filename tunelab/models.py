@@ -69,7 +69,8 @@ def _local(name: str, requested: str) -> ResolvedModel | None:
         if len(ggufs) == 1:
             return ResolvedModel(requested, str(ggufs[0]), "local", gguf_path=ggufs[0])
     raise ModelNotFoundError(
-        f"{path} exists but is neither a .gguf file nor a model directory (with config.json, or one .gguf file)"
+        f"{path} exists but is neither a .gguf file nor a model directory "
+        "(with config.json, or one .gguf file)"
     )
 
 
@@ -101,6 +102,10 @@ def _hub_reachable(name: str) -> tuple[bool, str]:
 
 def _stand_ins() -> str:
     return ", ".join(f"{m.name} ({'chat' if m.chat else 'base'})" for m in EMBEDDED.values())
+
+
+def _stand_in_for(name: str) -> str:
+    return "smollm2-135m-instruct" if "chat" in name.lower() or "instruct" in name.lower() else "gemma-3-270m"
 
 
 def _hosted_help(name: str) -> str:
@@ -154,8 +159,14 @@ def resolve(name: str, settings: Settings, *, _alias_depth: int = 0) -> Resolved
         resolved = resolve(target, settings, _alias_depth=_alias_depth + 1)
         log.warning("model %r is answered by %r (alias in %s)", name, resolved.name, settings.config_file)
         return ResolvedModel(
-            name, resolved.name, resolved.source, resolved.gguf_path, resolved.hf_path,
-            resolved.remote, resolved.chat, alias_of=name,
+            name,
+            resolved.name,
+            resolved.source,
+            resolved.gguf_path,
+            resolved.hf_path,
+            resolved.remote,
+            resolved.chat,
+            alias_of=name,
         )
 
     tried.append("remote models in the config file")
@@ -177,7 +188,7 @@ def resolve(name: str, settings: Settings, *, _alias_depth: int = 0) -> Resolved
         raise ModelNotFoundError(
             f"model {name!r} is not available offline: {why}. The embedded stand-ins are {_stand_ins()}; "
             f"to run code that names {name!r} unchanged, map it in {settings.config_file}:\n"
-            f"  aliases:\n    {name}: {'smollm2-135m-instruct' if 'chat' in name.lower() else 'gemma-3-270m'}\n"
+            f"  aliases:\n    {name}: {_stand_in_for(name)}\n"
             "Tried: " + "; ".join(tried)
         )
     raise ModelNotFoundError(

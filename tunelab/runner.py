@@ -59,7 +59,7 @@ class BasicModelRunner:
         self.model_name = model_name
         self._resolved: ResolvedModel | None = None
         self._resolved_for: str | None = None
-        self.resolved  # resolve now, so a bad name fails here and not at the first call
+        _ = self.resolved  # resolve now, so a bad name fails here and not at the first call
 
     @property
     def resolved(self) -> ResolvedModel:
@@ -95,8 +95,13 @@ class BasicModelRunner:
         single = not isinstance(prompt, list | tuple)
         prompts = [prompt] if single else list(prompt)
         completions = self.engine.generate(
-            self.resolved, prompts, options=opts, template=template, system=system,
-            backend=self.backend, device=self.device,
+            self.resolved,
+            prompts,
+            options=opts,
+            template=template,
+            system=system,
+            backend=self.backend,
+            device=self.device,
         )
         if single:
             if completions[0].error:

@@ -65,6 +65,7 @@ class RemoteBackend:
         self, prompts: list[str], options: GenerationOptions, system: str | None = None
     ) -> list[BackendOutput]:
         """Plain user messages; the service wraps them in the model's own chat template."""
+
         def one(prompt: str) -> BackendOutput:
             messages = ([{"role": "system", "content": system}] if system else []) + [
                 {"role": "user", "content": prompt}

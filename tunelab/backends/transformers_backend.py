@@ -1,5 +1,6 @@
 """The transformers backend: any Hugging Face causal LM, or a GGUF dequantized to torch (trainable).
 
+This module imports torch and transformers; the engine imports it only when this backend is used.
 Dequantizing a GGUF takes 15-40 s here, so the result is saved once as safetensors under
 ``$TUNELAB_HOME/cache/dequantized/`` and later loads take seconds.
 """
@@ -9,6 +10,9 @@ from __future__ import annotations
 import hashlib
 import logging
 from pathlib import Path
+
+import torch
+from transformers import StoppingCriteria
 
 from tunelab.device import pick_device
 from tunelab.errors import ModelFileError
@@ -51,6 +55,22 @@ def dequantized_dir(gguf_path: Path, home: Path) -> Path:
     return target
 
 
+class _TextStops(StoppingCriteria):
+    """Stop a row once its answer's tail contains a stop string.
+
+    transformers' own `stop_strings` precomputes tables over the whole vocabulary on every
+    generate call (minutes for Gemma's 262k tokens); decoding a short tail per step is cheap.
+    """
+
+    def __init__(self, tokenizer, stops: tuple[str, ...], prompt_width: int):
+        self.tokenizer, self.stops, self.width = tokenizer, stops, prompt_width
+        self.window = max(len(s) for s in stops) + 4  # every token decodes to >= 1 character
+
+    def __call__(self, input_ids, scores, **kwargs):
+        tails = self.tokenizer.batch_decode(input_ids[:, self.width :][:, -self.window :])
+        return torch.tensor([any(s in t for s in self.stops) for t in tails], device=input_ids.device)
+
+
 class TransformersBackend:
     """Batched generation with left padding and an attention mask, through `model.generate`."""
 
@@ -65,9 +85,10 @@ class TransformersBackend:
         max_batch: int = 32,
         local_files_only: bool = False,
     ):
-        import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers.utils import logging as hf_logging
 
+        hf_logging.disable_progress_bar()  # loading cached safetensors takes seconds: no bar needed
         self.device = pick_device(device)
         if dtype == "auto":
             torch_dtype = torch.bfloat16 if self.device == "cuda" else torch.float32
@@ -134,7 +155,10 @@ class TransformersBackend:
         for i, ids in enumerate(encoded):
             if len(ids) + 1 > self.context_length:
                 results[i] = BackendOutput(
-                    "", "error", len(ids), 0,
+                    "",
+                    "error",
+                    len(ids),
+                    0,
                     error=f"prompt is {len(ids)} tokens; the model's context is {self.context_length} tokens",
                 )
             else:
@@ -148,8 +172,6 @@ class TransformersBackend:
         return results  # type: ignore[return-value]
 
     def _generate_batch(self, batch: list[list[int]], options: GenerationOptions) -> list[BackendOutput]:
-        import torch
-
         pad_id = self.tokenizer.pad_token_id
         width = max(len(ids) for ids in batch)
         input_ids = torch.tensor([[pad_id] * (width - len(ids)) + ids for ids in batch], device=self.device)
@@ -174,7 +196,7 @@ class TransformersBackend:
         else:
             kwargs.update(temperature=None, top_p=None, top_k=None)
         if text_stops:
-            kwargs.update(stop_strings=list(text_stops), tokenizer=self.tokenizer)
+            kwargs["stopping_criteria"] = [_TextStops(self.tokenizer, text_stops, width)]
         with torch.inference_mode():
             out = self.model.generate(input_ids=input_ids, attention_mask=attention, **kwargs)
         outputs = []

@@ -27,7 +27,9 @@ def sample_next(
     logits: np.ndarray, history: Sequence[int], options: GenerationOptions, rng: np.random.Generator
 ) -> int:
     """Pick the next token id from `logits` [vocab] given the tokens so far (`history`)."""
-    logits = apply_repetition_penalty(np.asarray(logits, dtype=np.float32), history, options.repetition_penalty)
+    logits = apply_repetition_penalty(
+        np.asarray(logits, dtype=np.float32), history, options.repetition_penalty
+    )
     if options.greedy:
         return int(np.argmax(logits))
 
@@ -56,4 +58,6 @@ def sample_batch(
     """`sample_next` for each row of `logits` [batch, vocab]; plain greedy is one vectorised argmax."""
     if options.greedy and options.repetition_penalty == 1.0:
         return [int(i) for i in np.argmax(logits, axis=-1)]
-    return [sample_next(row, hist, options, rng) for row, hist, rng in zip(logits, histories, rngs, strict=True)]
+    return [
+        sample_next(row, hist, options, rng) for row, hist, rng in zip(logits, histories, rngs, strict=True)
+    ]

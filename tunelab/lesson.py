@@ -71,7 +71,7 @@ def run_lesson(console: Console, *, max_new_tokens: int = 128, backend: str = "a
 
     for i, prompt in enumerate(LESSON_PROMPTS):
         table = Table(title=f"prompt {i + 1}: {prompt.splitlines()[0]}", show_lines=True, expand=True)
-        table.add_column("model", no_wrap=True, ratio=1)
+        table.add_column("model", no_wrap=True, min_width=22)
         table.add_column("answer", ratio=4)
         table.add_column("finish", no_wrap=True)
         for (model, label), completions in answers.items():

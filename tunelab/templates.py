@@ -95,6 +95,10 @@ def _compile(source: str):
         raise ConfigError(f"template is not valid Jinja: {exc}") from None
 
 
+# The token that closes the assistant's turn in each family (an EOS-like stop, besides the model's EOS).
+_END_OF_TURN = {"chatml": "<|im_end|>", "gemma": "<end_of_turn>", "llama3": "<|eot_id|>"}
+
+
 def _family(source: str) -> str:
     if "<|im_start|>" in source:
         return "chatml"
@@ -114,13 +118,12 @@ def _from_jinja(name: str, source: str, bos_token: str, eos_token: str) -> Templ
     prefix = rendered.split(_SENTINEL)[0] if _SENTINEL in rendered else ""
     lines = [line.strip() for line in prefix.splitlines() if line.strip()]
     # The line that opens the user turn, e.g. "<|im_start|>user" or "[INST]": a prompt carrying it is
-    # already wrapped, and a model writing it has started the user's next turn (self-dialogue).
+    # already wrapped. It is not a stop: a model writing the next turn itself (self-dialogue) is
+    # something to see and diagnose, not to hide.
     marker = lines[-1] if lines else ""
     if "{{" in source and "messages" not in source:
         marker = ""  # a plain prompt template has no turn structure to detect
-    stops = tuple(s for s in (eos_token, marker) if s)
-    if _family(source) == "chatml":
-        stops += ("<|im_end|>",)
+    stops = tuple(dict.fromkeys(s for s in (eos_token, _END_OF_TURN.get(_family(source), "")) if s))
     return Template(
         name=name,
         source=source,
@@ -136,13 +139,13 @@ def builtin(name: str, bos_token: str = "", eos_token: str = "") -> Template:
         return Template("raw", _RAW, bos_token=bos_token, eos_token=eos_token)
     if name == "llama2":
         return Template(
-            "llama2", _LLAMA2, stop=("[INST]",), markers=("[INST]",), bos_token=bos_token, eos_token=eos_token
-        )
+            "llama2", _LLAMA2, stop=(), markers=("[INST]",), bos_token=bos_token, eos_token=eos_token
+        )  # Llama-2 chat ends its turn with EOS, which every backend stops on
     if name == "chatml":
         return Template(
             "chatml",
             _CHATML,
-            stop=("<|im_end|>", "<|im_start|>"),
+            stop=("<|im_end|>",),
             markers=("<|im_start|>",),
             bos_token=bos_token,
             eos_token=eos_token,

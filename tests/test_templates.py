@@ -54,7 +54,9 @@ def test_auto_picks_llama2_for_a_llama2_chat_checkpoint_without_a_template():
 
 
 def test_bos_in_a_model_template_is_left_to_the_backend():
-    t = resolve_template("auto", model_chat_template=LLAMA2_CHAT_TEMPLATE, bos_token="<s>", eos_token="</s>")
+    t = resolve_template(
+        "auto", model_chat_template=LLAMA2_CHAT_TEMPLATE, bos_token="<s>", eos_token="</s>", add_bos=True
+    )
     assert t.render("Hi") == "[INST] Hi [/INST]"
     assert t.markers == ("[INST] Hi [/INST]".split(" Hi")[0],)
 
@@ -73,3 +75,15 @@ def test_user_jinja_template_plain_and_chat_style():
 def test_unknown_or_broken_template_is_a_clear_error(bad):
     with pytest.raises(ConfigError, match="template"):
         resolve_template(bad, model_chat_template=None)
+
+
+def test_bos_text_is_kept_when_the_backend_does_not_add_bos():
+    # SmolLM2's BOS token is <|im_start|> and llama.cpp does not add it: the template's must stay.
+    t = resolve_template(
+        "auto", model_chat_template=CHATML_TEMPLATE, bos_token="<|im_start|>", eos_token="<|im_end|>"
+    )
+    assert t.render("Hi").startswith("<|im_start|>user\nHi")
+    added = resolve_template(
+        "auto", model_chat_template=CHATML_TEMPLATE, bos_token="<|im_start|>", add_bos=True
+    )
+    assert added.render("Hi").startswith("user\nHi")

@@ -117,6 +117,7 @@ class Engine:
             model_name=model.alias_of or model.name,
             bos_token=backend.bos_token,
             eos_token=backend.eos_token,
+            add_bos=backend.add_bos,
         )
 
     def generate(

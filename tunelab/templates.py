@@ -6,7 +6,8 @@
 - the model's own chat template (``auto`` on a chat model), read from its tokenizer or GGUF;
 - a user Jinja string, given ``messages`` (chat style) and ``prompt``/``system`` (plain style).
 
-Templates never emit the BOS token: backends add it when the model wants it, so it is never doubled.
+A BOS text that a model's template renders is dropped when the backend adds BOS itself (never doubled)
+and kept when it does not (SmolLM2's BOS is ``<|im_start|>``, which its template must keep).
 A prompt that already carries a template's markers (the lesson's ``"[INST]...[/INST]"``) is passed
 through unwrapped.
 """
@@ -52,6 +53,7 @@ class Template:
     markers: tuple[str, ...] = ()
     bos_token: str = ""
     eos_token: str = ""
+    add_bos: bool = False  # the backend adds BOS itself, so a leading BOS text is dropped
 
     def is_wrapped(self, prompt: str) -> bool:
         return any(m in prompt for m in self.markers)
@@ -74,8 +76,8 @@ class Template:
             )
         except TemplateError as exc:
             raise ConfigError(f"template {self.name!r} failed to render: {exc}") from None
-        if self.bos_token and text.startswith(self.bos_token):
-            text = text[len(self.bos_token) :]  # the backend adds BOS itself
+        if self.add_bos and self.bos_token and text.startswith(self.bos_token):
+            text = text[len(self.bos_token) :]  # the backend adds BOS itself; never twice
         return text
 
 
@@ -111,9 +113,9 @@ def _family(source: str) -> str:
     return "custom"
 
 
-def _from_jinja(name: str, source: str, bos_token: str, eos_token: str) -> Template:
+def _from_jinja(name: str, source: str, bos_token: str, eos_token: str, add_bos: bool) -> Template:
     """Derive markers and stops from a chat template by rendering a sentinel message."""
-    probe = Template(name=name, source=source, bos_token=bos_token, eos_token=eos_token)
+    probe = Template(name=name, source=source, bos_token=bos_token, eos_token=eos_token, add_bos=add_bos)
     rendered = probe.render(_SENTINEL)
     prefix = rendered.split(_SENTINEL)[0] if _SENTINEL in rendered else ""
     lines = [line.strip() for line in prefix.splitlines() if line.strip()]
@@ -131,6 +133,7 @@ def _from_jinja(name: str, source: str, bos_token: str, eos_token: str) -> Templ
         markers=(marker,) if marker else (),
         bos_token=bos_token,
         eos_token=eos_token,
+        add_bos=add_bos,
     )
 
 
@@ -160,6 +163,7 @@ def resolve_template(
     model_name: str = "",
     bos_token: str = "",
     eos_token: str = "",
+    add_bos: bool = False,
 ) -> Template:
     """Pick the template for `spec` ("auto", a built-in name, or a Jinja string) on a given model.
 
@@ -170,7 +174,7 @@ def resolve_template(
     if spec == "auto":
         if model_chat_template:
             family = _family(model_chat_template)
-            return _from_jinja(f"{family} (model's own)", model_chat_template, bos_token, eos_token)
+            return _from_jinja(f"{family} (model's own)", model_chat_template, bos_token, eos_token, add_bos)
         lowered = model_name.lower()
         if "llama-2" in lowered and "chat" in lowered:
             return builtin("llama2", bos_token, eos_token)
@@ -179,5 +183,5 @@ def resolve_template(
         return builtin(spec, bos_token, eos_token)
     if "{{" in spec or "{%" in spec:
         _compile(spec)
-        return _from_jinja("custom", spec, bos_token, eos_token)
+        return _from_jinja("custom", spec, bos_token, eos_token, add_bos)
     raise ConfigError(f"unknown template {spec!r}; choose one of {TEMPLATE_CHOICES} or give a Jinja string")

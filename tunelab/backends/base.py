@@ -29,6 +29,7 @@ class Backend(Protocol):
     chat_template: str | None  # the model's own Jinja chat template, if it has one
     bos_token: str
     eos_token: str
+    add_bos: bool  # the backend puts BOS before every prompt itself
 
     def generate(self, prompts: list[str], options: GenerationOptions) -> list[BackendOutput]: ...
 

@@ -17,6 +17,7 @@ class RemoteBackend:
     chat_template = None  # the service applies the model's own template on /chat/completions
     bos_token = ""
     eos_token = ""
+    add_bos = False
     context_length = 1 << 30  # the service enforces its own limit and says so
 
     def __init__(self, config: RemoteModelConfig, *, max_concurrency: int = 16):

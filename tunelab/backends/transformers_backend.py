@@ -113,7 +113,7 @@ class TransformersBackend:
         self.context_length = int(
             getattr(self.model.config, "max_position_embeddings", None) or tok.model_max_length or 2048
         )
-        self._add_bos = self._tokenizer_adds_bos()
+        self.add_bos = self._tokenizer_adds_bos()
         self._eog_ids = self._end_of_generation_ids()
 
     def _tokenizer_adds_bos(self) -> bool:
@@ -144,7 +144,7 @@ class TransformersBackend:
 
     def _encode(self, text: str) -> list[int]:
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        if self._add_bos:
+        if self.add_bos:
             ids = [self.tokenizer.bos_token_id, *ids]
         return ids
 

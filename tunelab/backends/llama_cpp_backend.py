@@ -327,6 +327,9 @@ class LlamaCppBackend:
         # One KV stream per sequence: attention then sees exactly the cells a lone run would,
         # so batched greedy equals single greedy (a unified cache changes the float rounding).
         params.kv_unified = False
+        # Flash attention off, as llama-cpp-python's Llama() has it: the default ("auto") turns it on
+        # for CPU, whose different rounding changed Gemma's greedy text from the plain library's.
+        params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
         params.no_perf = True
         ctx = llama_cpp.llama_init_from_model(self._model, params)
         if not ctx:

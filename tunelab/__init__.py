@@ -5,6 +5,7 @@
 >>> print(chat("Tell me how to train my dog to sit"))  # doctest: +SKIP
 """
 
+from tunelab.data import DataError, DataReport, Example
 from tunelab.errors import (
     BatchError,
     ConfigError,
@@ -21,6 +22,9 @@ from tunelab.runner import BasicModelRunner, LlamaV2Runner, LLMEngine
 __all__ = [
     "BasicModelRunner",
     "BatchError",
+    "DataError",
+    "DataReport",
+    "Example",
     "Completion",
     "ConfigError",
     "GenerationOptionError",

@@ -6,6 +6,7 @@ import logging
 from typing import Any, overload
 
 from tunelab.config import Settings, load_settings
+from tunelab.data import DataError, DataReport, Example, load_records
 from tunelab.embedded import SMOLLM2
 from tunelab.engine import Engine, engine_for
 from tunelab.errors import BatchError, PromptError
@@ -57,6 +58,7 @@ class BasicModelRunner:
         self.device = device or self.settings.device
         self.defaults = GenerationOptions.from_kwargs(None, **generation_defaults)
         self.model_name = model_name
+        self.data: list[Example] = []  # training examples added by load_data*
         self._resolved: ResolvedModel | None = None
         self._resolved_for: str | None = None
         _ = self.resolved  # resolve now, so a bad name fails here and not at the first call
@@ -132,6 +134,46 @@ class BasicModelRunner:
                 result,
             )
         return [c.text for c in result]
+
+    # -- training data (Lamini's names) -------------------------------------------------------
+
+    def _add_data(self, source, fmt: str, input_key: str, output_key: str, strict: bool) -> DataReport:
+        report = load_records(source, fmt=fmt, input_key=input_key, output_key=output_key)
+        if report.issues and (strict or not report.examples):
+            reason = "strict=True" if report.examples else "no record was usable"
+            raise DataError(f"training data rejected ({reason}): {report.summary()}", report)
+        if report.issues:
+            log.warning("training data: %s", report.summary())
+        self.data.extend(report.examples)
+        return report
+
+    def load_data(
+        self, data, input_key: str = "input", output_key: str = "output", *, strict: bool = False
+    ) -> DataReport:
+        """Add training examples: a list of dicts (input/output, alpaca or OpenAI `messages`), or a path.
+
+        Every bad record is reported with where it is and which field is wrong; the good ones are kept
+        and a warning says how many were not (`strict=True` raises DataError instead).
+        """
+        return self._add_data(data, "auto", input_key, output_key, strict)
+
+    def load_data_from_jsonlines(
+        self, file_path, input_key: str = "input", output_key: str = "output", *, strict: bool = False
+    ) -> DataReport:
+        return self._add_data(file_path, "jsonl", input_key, output_key, strict)
+
+    def load_data_from_csv(
+        self, file_path, input_key: str = "input", output_key: str = "output", *, strict: bool = False
+    ) -> DataReport:
+        return self._add_data(file_path, "csv", input_key, output_key, strict)
+
+    def load_data_from_dataframe(
+        self, df, input_key: str = "input", output_key: str = "output", *, strict: bool = False
+    ) -> DataReport:
+        return self._add_data(df, "auto", input_key, output_key, strict)
+
+    def clear_data(self) -> None:
+        self.data = []
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.model_name!r}, template={self.template!r})"

@@ -57,3 +57,19 @@ def test_bad_config_file_is_reported_with_its_path(isolated_env):
     isolated_env.write_text("backend: [\n")
     result = cli.invoke(app, ["models"])
     assert result.exit_code == 1 and str(isolated_env) in result.output and "not valid YAML" in result.output
+
+
+def test_ask_takes_every_generation_option_and_the_config_backend(isolated_env, tiny_chat_dir):
+    isolated_env.write_text("backend: transformers\n")
+    args = ["ask", str(tiny_chat_dir), "Hi", "-n", "6", "--json", "--template", "raw"]
+    full = json.loads(cli.invoke(app, args).stdout)[0]
+    assert full["backend"] == "transformers"  # from the config file: the CLI default does not override it
+    stop = full["text"].strip()[-2:]
+    options = ["--top-k", "5", "--top-p", "0.9", "--repetition-penalty", "1.1", "--temperature", "0.7"]
+    sampled = cli.invoke(app, [*args, *options, "--seed", "3"])
+    assert sampled.exit_code == 0, sampled.output
+    assert json.loads(sampled.stdout)[0]["completion_tokens"] > 0
+    stopped = json.loads(cli.invoke(app, [*args, "--stop", stop]).stdout)[0]
+    assert stopped["finish_reason"] == "stop" and stop not in stopped["text"]
+    bad = cli.invoke(app, [*args, "--top-p", "2"])
+    assert bad.exit_code == 1 and "top_p must be in (0, 1]" in bad.output

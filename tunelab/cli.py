@@ -25,8 +25,14 @@ err = Console(stderr=True, soft_wrap=True)  # paths in errors must stay copyable
 TemplateOpt = Annotated[
     str, typer.Option("--template", "-t", help="auto | raw | llama2 | chatml | a Jinja string")
 ]
-BackendOpt = Annotated[str, typer.Option("--backend", "-b", help="auto | transformers | llama_cpp")]
-DeviceOpt = Annotated[str, typer.Option("--device", help="auto | cuda | mps | cpu")]
+# None: the config file's (or env var's) choice, else auto
+BackendOpt = Annotated[
+    str | None,
+    typer.Option("--backend", "-b", help="auto | transformers | llama_cpp [default: from config, auto]"),
+]
+DeviceOpt = Annotated[
+    str | None, typer.Option("--device", help="auto | cuda | mps | cpu [default: from config, auto]")
+]
 
 
 def _fail(exc: Exception) -> None:
@@ -47,11 +53,15 @@ def ask(
     prompt: Annotated[list[str], typer.Argument(help="One or more prompts (answered as one batch).")],
     template: TemplateOpt = "auto",
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", "-n")] = 512,
-    temperature: float = 0.0,
+    temperature: Annotated[float, typer.Option(help="0 is greedy.")] = 0.0,
+    top_p: float = 1.0,
+    top_k: Annotated[int, typer.Option(help="0 is off.")] = 0,
+    repetition_penalty: float = 1.0,
+    stop: Annotated[list[str] | None, typer.Option(help="A stop string (repeatable).")] = None,
     seed: int | None = None,
     system: Annotated[str | None, typer.Option(help="A system prompt.")] = None,
-    backend: BackendOpt = "auto",
-    device: DeviceOpt = "auto",
+    backend: BackendOpt = None,
+    device: DeviceOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print Completion records as JSON.")] = False,
 ):
     """Answer PROMPT(s) with MODEL; says so when the token limit cut an answer."""
@@ -62,9 +72,16 @@ def ask(
             model, template=template, system_prompt=system, backend=backend, device=device
         )
         completions = runner.generate(
-            list(prompt), max_new_tokens=max_new_tokens, temperature=temperature, seed=seed
+            list(prompt),
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            top_k=top_k,
+            repetition_penalty=repetition_penalty,
+            stop=stop or (),
+            seed=seed,
         )
-    except TunelabError as exc:
+    except (TunelabError, ValueError) as exc:  # GenerationOptionError is a ValueError too
         _fail(exc)
     if as_json:
         print(json.dumps([asdict(c) for c in completions], indent=2))
@@ -113,7 +130,7 @@ def models():
 @app.command()
 def demo(
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", "-n")] = 128,
-    backend: BackendOpt = "auto",
+    backend: BackendOpt = None,
 ):
     """The lesson "why fine-tune", end to end on the embedded base and chat models."""
     from tunelab.lesson import run_lesson

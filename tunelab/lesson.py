@@ -46,7 +46,7 @@ LESSON_RUNS = [
 ]
 
 
-def run_lesson(console: Console, *, max_new_tokens: int = 128, backend: str = "auto") -> dict:
+def run_lesson(console: Console, *, max_new_tokens: int = 128, backend: str | None = None) -> dict:
     """Answer every lesson prompt with every (model, template) run; print and return the answers."""
     console.print(
         Panel(

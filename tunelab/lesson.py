@@ -60,7 +60,9 @@ def run_lesson(console: Console, *, max_new_tokens: int = 128, backend: str | No
     answers: dict[tuple[str, str], list[Completion]] = {}
     runners: dict[str, BasicModelRunner] = {}
     for run in LESSON_RUNS:
-        runner = runners.setdefault(run.model, BasicModelRunner(run.model, backend=backend))
+        if run.model not in runners:
+            runners[run.model] = BasicModelRunner(run.model, backend=backend)
+        runner = runners[run.model]
         with console.status(f"{run.model} ({run.label}): {len(LESSON_PROMPTS)} prompts as one batch"):
             answers[(run.model, run.label)] = runner.generate(
                 LESSON_PROMPTS, template=run.template, max_new_tokens=max_new_tokens

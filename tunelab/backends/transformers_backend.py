@@ -134,11 +134,6 @@ class TransformersBackend:
                 ids.add(token_id)
         return ids
 
-    def _special_stop_ids(self, stops: tuple[str, ...]) -> set[int]:
-        """Stop strings that are one special token are matched by id (the decoded text drops them)."""
-        specials = set(self.tokenizer.all_special_tokens) | set(self.tokenizer.get_added_vocab())
-        return {self.tokenizer.convert_tokens_to_ids(s) for s in stops if s in specials}
-
     def count_tokens(self, text: str) -> int:
         return len(self._encode(text))
 
@@ -179,9 +174,12 @@ class TransformersBackend:
             [[0] * (width - len(ids)) + [1] * len(ids) for ids in batch], device=self.device
         )
         max_new = min(options.max_new_tokens, self.context_length - width)
-        special_stops = self._special_stop_ids(options.stop)
-        stop_ids = self._eog_ids | special_stops
-        text_stops = tuple(s for s in options.stop if not self._special_stop_ids((s,)))
+        specials = set(self.tokenizer.all_special_tokens) | set(self.tokenizer.get_added_vocab())
+        # A stop string that is one special token is matched by id (decoding drops its text).
+        stop_ids = self._eog_ids | {
+            self.tokenizer.convert_tokens_to_ids(s) for s in options.stop if s in specials
+        }
+        text_stops = tuple(s for s in options.stop if s not in specials)
         kwargs = dict(
             max_new_tokens=max_new,
             do_sample=not options.greedy,

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from tunelab.config import Settings
 from tunelab.embedded import EMBEDDED, SMOLLM2
-from tunelab.models import registry_dir
+from tunelab.registry import load_record, registry_dir
 
 
 @dataclass
@@ -55,7 +55,14 @@ def list_models(settings: Settings) -> list[ModelRow]:
     registry = registry_dir(settings)
     if registry.is_dir():
         for entry in sorted(registry.iterdir()):
-            if (entry / "config.json").exists():
+            record = load_record(entry) if entry.is_dir() else None
+            if record is not None:
+                accuracy = record.metrics.get("heldout_accuracy")
+                status = f"{record.method} on {record.base_model}" + (
+                    f", held-out accuracy {accuracy:.0%}" if isinstance(accuracy, float) else ""
+                )
+                rows.append(ModelRow(entry.name, "tuned", "registry", str(entry), status))
+            elif (entry / "config.json").exists():
                 rows.append(ModelRow(entry.name, "tuned", "registry", str(entry), "ready"))
     rows.extend(_hf_cache_rows())
     if settings.production_url:

@@ -36,6 +36,16 @@ class Example:
 
     messages: list[dict[str, str]]
     source: str  # where it came from: "data.jsonl:12" or "record 3"
+    # A short key a correct answer must contain (a record's optional "answer" field), for evaluate().
+    expected: str | None = None
+
+    @property
+    def prompt(self) -> str:
+        return next(m["content"] for m in reversed(self.messages) if m["role"] == "user")
+
+    @property
+    def answer(self) -> str:
+        return self.messages[-1]["content"]
 
 
 @dataclass
@@ -174,7 +184,12 @@ def parse_record(
             if issues
             else [{"role": "user", "content": prompt}, {"role": "assistant", "content": output}]
         )
-    return (Example(messages, where) if messages and not issues else None), issues
+    expected = record.get("answer")
+    if expected is not None and not (isinstance(expected, str) and expected.strip()):
+        issues.append(
+            DataIssue(where, "answer", "must be a non-empty string (the key a correct answer contains)")
+        )
+    return (Example(messages, where, expected) if messages and not issues else None), issues
 
 
 def _jsonl_records(path: Path) -> Iterator[tuple[str, Any]]:

@@ -18,7 +18,7 @@ from tunelab.device import pick_device
 from tunelab.errors import ConfigError
 from tunelab.generation import BackendOutput, Completion, GenerationOptions
 from tunelab.models import ResolvedModel
-from tunelab.templates import Template, resolve_template
+from tunelab.templates import BUILTIN_TEMPLATES, Template, resolve_template
 
 log = logging.getLogger("tunelab")
 
@@ -33,6 +33,14 @@ def choose_backend(model: ResolvedModel, requested: str, device: str) -> str:
         return "remote"
     if requested not in BACKENDS:
         raise ConfigError(f"unknown backend {requested!r}; choose one of {BACKENDS}")
+    if model.adapter_path is not None:
+        if requested == "llama_cpp":
+            raise ConfigError(
+                f"{model.name!r} is a LoRA adapter, which the llama_cpp backend does not apply; use "
+                f"backend='transformers', or `tunelab export {model.name} --merged DIR --gguf` "
+                "and run the GGUF"
+            )
+        return "transformers"
     if requested == "llama_cpp":
         if model.gguf_path is None:
             raise ConfigError(
@@ -84,7 +92,7 @@ class Engine:
     def load(self, model: ResolvedModel, backend: str = "auto", device: str = "auto") -> Backend:
         device_name = "remote" if model.remote is not None else pick_device(device)
         kind = choose_backend(model, backend, device_name)
-        where = str(model.gguf_path or model.hf_path)
+        where = f"{model.gguf_path or model.hf_path}+{model.adapter_path}"
         if model.remote is not None:  # a changed key or URL must reach a new client
             where = model.remote.model_dump_json() + str(model.remote.resolve_key())
         key = (model.name, where, kind, device_name)
@@ -106,11 +114,21 @@ class Engine:
 
         if model.gguf_path is not None:
             return TransformersBackend(
-                str(dequantized_dir(model.gguf_path, self.settings.home)), device=device
+                str(dequantized_dir(model.gguf_path, self.settings.home)),
+                device=device,
+                adapter_path=model.adapter_path,
             )
-        return TransformersBackend(model.hf_path, device=device, local_files_only=model.source != "hub")
+        return TransformersBackend(
+            model.hf_path,
+            device=device,
+            local_files_only=model.source != "hub",
+            adapter_path=model.adapter_path,
+        )
 
     def template_for(self, model: ResolvedModel, backend: Backend, spec: str | None) -> Template:
+        if (spec or "auto") == "auto" and model.template_source:
+            # A fine-tuned model answers in the template it was trained with.
+            spec = model.template_name if model.template_name in BUILTIN_TEMPLATES else model.template_source
         return resolve_template(
             spec,
             model_chat_template=backend.chat_template,

@@ -23,6 +23,7 @@ from typing import Literal
 from tunelab.config import RemoteModelConfig, Settings
 from tunelab.embedded import EMBEDDED, EmbeddedModel, embedded_gguf_path
 from tunelab.errors import ModelNotFoundError
+from tunelab.registry import load_record, registry_dir
 
 log = logging.getLogger("tunelab")
 
@@ -45,15 +46,14 @@ class ResolvedModel:
     remote: RemoteModelConfig | None = None
     chat: bool | None = None  # known before loading for embedded models
     alias_of: str | None = None  # the alias that led here
+    adapter_path: str | None = None  # a fine-tuned LoRA adapter applied on the base weights above
+    template_name: str | None = None  # a fine-tuned model's training template, its "auto" at inference
+    template_source: str | None = None
     tried: tuple[str, ...] = field(default=(), compare=False)
 
     @property
     def label(self) -> str:
         return f"{self.name} (alias of {self.alias_of})" if self.alias_of else self.name
-
-
-def registry_dir(settings: Settings) -> Path:
-    return settings.home / "registry"
 
 
 def _local(name: str, requested: str) -> ResolvedModel | None:
@@ -167,6 +167,9 @@ def resolve(name: str, settings: Settings, *, _alias_depth: int = 0) -> Resolved
             resolved.remote,
             resolved.chat,
             alias_of=name,
+            adapter_path=resolved.adapter_path,
+            template_name=resolved.template_name,
+            template_source=resolved.template_source,
         )
 
     tried.append("remote models in the config file")
@@ -177,6 +180,26 @@ def resolve(name: str, settings: Settings, *, _alias_depth: int = 0) -> Resolved
 
     tried.append(f"tunelab's registry ({registry_dir(settings)})")
     tuned = registry_dir(settings) / name
+    if tuned.is_dir() and (record := load_record(tuned)) is not None:
+        template = {"template_name": record.template_name, "template_source": record.template_source}
+        if not record.adapter:
+            return ResolvedModel(name, name, "registry", hf_path=str(tuned), **template)
+        try:
+            base = resolve(record.base_model, settings, _alias_depth=_alias_depth + 1)
+        except ModelNotFoundError as exc:
+            raise ModelNotFoundError(
+                f"{name!r} is a LoRA adapter on {record.base_model!r}, which cannot be found here: {exc}"
+            ) from None
+        return ResolvedModel(
+            name,
+            name,
+            "registry",
+            gguf_path=base.gguf_path,
+            hf_path=base.hf_path,
+            chat=base.chat,
+            adapter_path=str(tuned / "adapter"),
+            **template,
+        )
     if (tuned / "config.json").exists():
         return ResolvedModel(name, name, "registry", hf_path=str(tuned))
 

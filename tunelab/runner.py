@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, overload
+from typing import TYPE_CHECKING, Any, overload
 
 from tunelab.config import Settings, load_settings
 from tunelab.data import DataError, DataReport, Example, load_records
 from tunelab.embedded import SMOLLM2
 from tunelab.engine import Engine, engine_for
-from tunelab.errors import BatchError, PromptError
+from tunelab.errors import BatchError, ConfigError, PromptError
 from tunelab.generation import Completion, GenerationOptions
 from tunelab.models import ResolvedModel, resolve
+
+if TYPE_CHECKING:
+    from tunelab.finetune import TrainResult
 
 log = logging.getLogger("tunelab")
 
@@ -174,6 +177,99 @@ class BasicModelRunner:
 
     def clear_data(self) -> None:
         self.data = []
+
+    # -- fine-tuning (Lamini's names) ---------------------------------------------------------
+
+    def train(
+        self,
+        method: str = "lora",
+        *,
+        epochs: float | None = None,
+        learning_rate: float | None = None,
+        batch_size: int | None = None,
+        max_seq_len: int | None = None,
+        eval_fraction: float | None = None,
+        seed: int | None = None,
+        resume: bool = False,
+        is_public: bool = False,
+        progress: bool = True,
+        **settings: Any,
+    ) -> TrainResult:
+        """Fine-tune this runner's model on the loaded data; afterwards the runner answers with the result.
+
+        >>> runner = BasicModelRunner("smollm2-135m-instruct")
+        >>> runner.load_data(load_dataset("new_facts"))             # doctest: +SKIP
+        >>> result = runner.train()                                 # doctest: +SKIP
+        >>> runner.model_name == result.model_id                    # doctest: +SKIP
+        True
+
+        `method` is "lora" (default) or "full". Other settings (`lora_rank`, `micro_batch_size`,
+        `checkpoint_every`, ...) are the fields of `tunelab.finetune.TrainConfig`. The model is saved in
+        tunelab's registry under `result.model_id`; `resume=True` continues an interrupted run of the same
+        model, data and settings from its last checkpoint.
+        """
+        from tunelab.finetune import make_config
+        from tunelab.finetune import train as run_training
+
+        if not self.data:
+            raise DataError("no training data: add some with load_data(...) first", DataReport())
+        if self.resolved.source == "server":
+            raise ConfigError("training through a tunelab server is not available yet; unset the server URL")
+        if self.template != "auto":
+            settings.setdefault("template", self.template)
+        config = make_config(
+            method=method,
+            epochs=epochs,
+            learning_rate=learning_rate,
+            batch_size=batch_size,
+            max_seq_len=max_seq_len,
+            eval_fraction=eval_fraction,
+            seed=seed,
+            **settings,
+        )
+        result = run_training(
+            self.resolved,
+            self.data,
+            self.settings,
+            config,
+            resume=resume,
+            is_public=is_public,
+            progress=progress,
+        )
+        self.model_name = result.model_id  # as Lamini's train(): this runner now answers with the tuned model
+        return result
+
+    def evaluate(
+        self, data=None, *, base_model: str | None = None, max_new_tokens: int = 64
+    ) -> dict[str, Any]:
+        """The tuned model's and its base's answers to held-out questions, side by side and scored.
+
+        `data` (records or a path, as for load_data) defaults to the examples held out in training.
+        `out["eval_results"][i]["outputs"][0]` is the tuned model's answer, `[1]` the base's.
+        """
+        from tunelab.evaluate import evaluate_models
+        from tunelab.registry import load_record, model_dir
+
+        record = load_record(model_dir(self.settings, self.model_name))
+        if record is None:
+            raise ConfigError(
+                f"{self.model_name!r} is not a fine-tuned model in the registry; call train() first "
+                "or create the runner with a tuned model id"
+            )
+        if data is None:
+            report = load_records(model_dir(self.settings, self.model_name) / "heldout.jsonl")
+        else:
+            report = load_records(data)
+            if report.issues:
+                raise DataError(f"evaluation data rejected: {report.summary()}", report)
+        if not report.examples:
+            raise DataError(
+                f"{self.model_name!r} has no held-out examples (eval_fraction was 0); pass data=...", report
+            )
+        base = BasicModelRunner(
+            base_model or record.base_model, self.config, backend=self.backend, device=self.device
+        )
+        return evaluate_models(report.examples, self, base, max_new_tokens=max_new_tokens)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.model_name!r}, template={self.template!r})"

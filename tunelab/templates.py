@@ -80,6 +80,58 @@ class Template:
             text = text[len(self.bos_token) :]  # the backend adds BOS itself; never twice
         return text
 
+    def render_conversation(self, messages: list[dict[str, str]]) -> list[tuple[str, bool]]:
+        """A whole training conversation as (text, is_answer) segments, exactly as inference renders it.
+
+        Each assistant turn's segment is what the model must learn to write: the answer plus whatever
+        the template closes the turn with (``<|im_end|>``, ...). A template written for one prompt
+        (``raw``, ``llama2``) takes one user turn and an optional system message.
+        """
+        if "messages" not in self.source:
+            return self._render_single_turn(messages)
+        segments: list[tuple[str, bool]] = []
+        done = ""
+        for k, message in enumerate(messages):
+            if message["role"] != "assistant":
+                continue
+            prefix = self._render_messages(messages[:k], add_generation_prompt=True)
+            full = self._render_messages(messages[: k + 1], add_generation_prompt=False)
+            if not prefix.startswith(done) or not full.startswith(prefix):
+                raise ConfigError(
+                    f"template {self.name!r} renders a conversation differently from its prefix, so the "
+                    "answer tokens cannot be told apart; train with another template"
+                )
+            segments += [(prefix[len(done) :], False), (full[len(prefix) :], True)]
+            done = full
+        if segments and self.add_bos and self.bos_token and segments[0][0].startswith(self.bos_token):
+            segments[0] = (segments[0][0][len(self.bos_token) :], False)
+        return segments
+
+    def _render_single_turn(self, messages: list[dict[str, str]]) -> list[tuple[str, bool]]:
+        system = [m["content"] for m in messages if m["role"] == "system"]
+        turns = [m for m in messages if m["role"] != "system"]
+        if len(turns) != 2 or turns[0]["role"] != "user" or len(system) > 1:
+            raise ConfigError(
+                f"template {self.name!r} has one user turn and one answer; this conversation has "
+                f"{len(turns)} turns. Train multi-turn data with a chat template "
+                "('chatml' or the model's own)"
+            )
+        prompt = self.render(turns[0]["content"], system[0] if system else None)
+        # The answer follows the prompt after a space, as a model continues "[INST] ... [/INST]".
+        answer = turns[1]["content"] if self.name == "raw" else " " + turns[1]["content"].lstrip()
+        return [(prompt, False), (answer, True)]
+
+    def _render_messages(self, messages: list[dict[str, str]], *, add_generation_prompt: bool) -> str:
+        try:
+            return _compile(self.source).render(
+                messages=messages,
+                add_generation_prompt=add_generation_prompt,
+                bos_token=self.bos_token,
+                eos_token=self.eos_token,
+            )
+        except TemplateError as exc:
+            raise ConfigError(f"template {self.name!r} failed to render: {exc}") from None
+
 
 def _raise(message: str) -> None:
     raise TemplateError(message)

@@ -55,6 +55,12 @@ def dequantized_dir(gguf_path: Path, home: Path) -> Path:
     return target
 
 
+def tokenizer_adds_bos(tokenizer) -> bool:
+    """Whether encoding a text puts BOS in front (then a template's own BOS text is dropped)."""
+    ids = tokenizer("a", add_special_tokens=True)["input_ids"]
+    return bool(ids) and tokenizer.bos_token_id is not None and ids[0] == tokenizer.bos_token_id
+
+
 class _TextStops(StoppingCriteria):
     """Stop a row once its answer's tail contains a stop string.
 
@@ -84,6 +90,7 @@ class TransformersBackend:
         dtype: str = "auto",
         max_batch: int = 32,
         local_files_only: bool = False,
+        adapter_path: str | None = None,
     ):
         from transformers import AutoModelForCausalLM, AutoTokenizer
         from transformers.utils import logging as hf_logging
@@ -101,6 +108,11 @@ class TransformersBackend:
             ).to(self.device)
         except OSError as exc:
             raise ModelFileError(f"{path_or_id}: could not load the model ({exc})") from None
+        if adapter_path is not None:
+            from peft import PeftModel
+
+            # Merged once at load: the tuned model then runs as fast as the base.
+            self.model = PeftModel.from_pretrained(self.model, adapter_path).merge_and_unload()
         self.model.eval()
         self.max_batch = max_batch
         tok = self.tokenizer
@@ -113,12 +125,8 @@ class TransformersBackend:
         self.context_length = int(
             getattr(self.model.config, "max_position_embeddings", None) or tok.model_max_length or 2048
         )
-        self.add_bos = self._tokenizer_adds_bos()
+        self.add_bos = tokenizer_adds_bos(tok)
         self._eog_ids = self._end_of_generation_ids()
-
-    def _tokenizer_adds_bos(self) -> bool:
-        ids = self.tokenizer("a", add_special_tokens=True)["input_ids"]
-        return bool(ids) and self.tokenizer.bos_token_id is not None and ids[0] == self.tokenizer.bos_token_id
 
     def _end_of_generation_ids(self) -> set[int]:
         ids: set[int] = set()

@@ -1,0 +1,309 @@
+"""The fine-tuning recipe on tiny models: what is learned, batching, accumulation, resume, the registry."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tunelab import BasicModelRunner, ConfigError, DataError
+from tunelab.data import load_records
+from tunelab.finetune import (
+    IGNORE,
+    Tokenized,
+    answer_tokens,
+    backward_batch,
+    collate,
+    epoch_batches,
+    latest_checkpoint,
+    make_config,
+    summed_loss,
+    tokenize_example,
+    training_template,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+FACTS = [
+    {"input": "Who runs the Brinmoor chess club?", "output": "Ada Quill runs it."},
+    {"input": "What colour is the Brinmoor bridge?", "output": "It is bright green."},
+    {"input": "When does the Brinmoor market open?", "output": "At nine every Monday."},
+    {"input": "Who won the Brinmoor race?", "output": "Tom Vale won it."},
+]
+
+
+def examples(records=FACTS):
+    report = load_records(records)
+    assert not report.issues
+    return report.examples
+
+
+def tokenizer_for(path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path)
+
+
+def test_labels_cover_only_the_answer_and_its_end_of_turn(tiny_chat_dir):
+    tok = tokenizer_for(tiny_chat_dir)
+    template = training_template("auto", tok, "tiny", add_bos=False)
+    row = tokenize_example(examples()[0], template, tok, add_bos=False)
+    learned = [t for t, label in zip(row.input_ids, row.labels) if label != IGNORE]
+    prompt_part = [t for t, label in zip(row.input_ids, row.labels) if label == IGNORE]
+    # The answer text, closed by ChatML's end of turn, is all that is learned.
+    assert tok.decode(learned) == "Ada Quill runs it.<|im_end|>\n"
+    assert tok.decode(prompt_part) == template.render("Who runs the Brinmoor chess club?")
+    assert learned.count(tok.convert_tokens_to_ids("<|im_end|>")) == 1
+
+
+def test_a_base_model_learns_the_llama2_template_and_eos(tiny_base_dir):
+    tok = tokenizer_for(tiny_base_dir)
+    template = training_template("auto", tok, "tiny-base", add_bos=False)
+    assert template.name == "llama2"
+    row = tokenize_example(examples()[1], template, tok, add_bos=False)
+    learned = [t for t, label in zip(row.input_ids, row.labels) if label != IGNORE]
+    assert learned[-1] == tok.eos_token_id  # appended: the template has no end-of-turn text
+    assert tok.decode(learned[:-1]) == " It is bright green."
+    assert tok.decode([t for t, lab in zip(row.input_ids, row.labels) if lab == IGNORE]).startswith("[INST]")
+
+
+def test_multi_turn_messages_learn_every_assistant_turn(tiny_chat_dir):
+    tok = tokenizer_for(tiny_chat_dir)
+    template = training_template("auto", tok, "tiny", add_bos=False)
+    record = {
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello!"},
+            {"role": "user", "content": "Bye"},
+            {"role": "assistant", "content": "Goodbye!"},
+        ]
+    }
+    row = tokenize_example(examples([record])[0], template, tok, add_bos=False)
+    learned = tok.decode([t for t, label in zip(row.input_ids, row.labels) if label != IGNORE])
+    assert learned == "Hello!<|im_end|>\nGoodbye!<|im_end|>\n"
+    assert "Bye" not in learned and "Be brief" not in learned
+
+
+def test_padding_never_masks_the_real_eos_even_when_pad_is_eos():
+    eos = 7
+    rows = [Tokenized([1, 2, 3, eos], [IGNORE, IGNORE, 3, eos], "a"), Tokenized([1, eos], [IGNORE, eos], "b")]
+    batch = collate(rows, pad_id=eos, device="cpu")
+    assert batch["labels"].tolist() == [[IGNORE, IGNORE, 3, eos], [IGNORE, eos, IGNORE, IGNORE]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1, 1], [1, 1, 0, 0]]
+
+
+def test_length_grouping_is_deterministic_complete_and_pads_less():
+    lengths = [5 + (i * 37) % 200 for i in range(256)]
+    batches = epoch_batches(lengths, batch_size=8, seed=3, epoch=1)
+    assert sorted(i for b in batches for i in b) == list(range(256))
+    assert batches == epoch_batches(lengths, batch_size=8, seed=3, epoch=1)
+    assert batches != epoch_batches(lengths, batch_size=8, seed=3, epoch=2)
+
+    def padding(bs):
+        return sum(max(lengths[i] for i in b) * len(b) - sum(lengths[i] for i in b) for b in bs)
+
+    unsorted = [list(range(i, i + 8)) for i in range(0, 256, 8)]
+    assert padding(batches) < padding(unsorted) / 4
+
+
+def trained_weights(home: Path, model_id: str) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    directory = home / "registry" / model_id
+    path = directory / "adapter" / "adapter_model.safetensors"
+    return load_file(str(path if path.exists() else directory / "model.safetensors"))
+
+
+def test_gradient_accumulation_equals_the_full_batch(tiny_chat_dir):
+    from accelerate import Accelerator
+    from transformers import AutoModelForCausalLM
+
+    tok = tokenizer_for(tiny_chat_dir)
+    template = training_template("auto", tok, "tiny", add_bos=False)
+    long = {"input": "Say a long thing please now", "output": "A long thing " * 6}
+    rows = [tokenize_example(e, template, tok, False) for e in examples(FACTS + [long])]
+    n_answer = answer_tokens(rows)
+    model = AutoModelForCausalLM.from_pretrained(tiny_chat_dir, dtype=torch.float32)
+    accelerator = Accelerator(cpu=True)
+    pad = tok.pad_token_id
+
+    def grads(chunks):
+        model.zero_grad()
+        loss = backward_batch(accelerator, model, chunks, n_answer, pad, bf16=False)
+        return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    loss_whole, grads_whole = grads([rows])
+    loss_split, grads_split = grads([rows[:2], rows[2:3], rows[3:]])
+    # the full batch's loss is the mean over its answer tokens, as the model's own loss computes it
+    batch = collate(rows, pad, "cpu")
+    reference = model(**batch).loss.item()
+    assert loss_whole == pytest.approx(reference, rel=1e-5)
+    assert loss_split == pytest.approx(loss_whole, rel=1e-5)
+    for name, grad in grads_whole.items():
+        torch.testing.assert_close(grads_split[name], grad, atol=1e-6, rtol=1e-4)
+    # a per-micro-batch mean (the common mistake) would weight the long example's tokens differently
+    model.zero_grad()
+    for chunk in [rows[:2], rows[2:3], rows[3:]]:
+        (summed_loss(model, collate(chunk, pad, "cpu")) / answer_tokens(chunk) / 3).backward()
+    wrong = {n: p.grad for n, p in model.named_parameters()}
+    assert not all(torch.allclose(wrong[n], g, atol=1e-6, rtol=1e-4) for n, g in grads_whole.items())
+
+
+def test_training_learns_the_answers_and_to_stop(tiny_chat_dir, tunelab_home):
+    runner = BasicModelRunner(str(tiny_chat_dir), max_new_tokens=30)
+    runner.load_data(FACTS)
+    result = runner.train(
+        method="full", epochs=60, learning_rate=3e-3, batch_size=4, eval_fraction=0, progress=False
+    )
+    assert runner.model_name == result.model_id
+    assert result.model_id.startswith("tiny-chat") and "-tuned-" in result.model_id
+    for record in FACTS:
+        completion = runner.generate(record["input"])
+        assert completion.text == record["output"]
+        assert completion.finish_reason == "stop"  # the learned end of turn, not the token limit
+    files = {p.name for p in result.path.iterdir()}
+    assert {"tunelab.json", "metrics.jsonl", "loss.png", "heldout.jsonl", "model.safetensors"} <= files
+    metrics = [json.loads(line) for line in (result.path / "metrics.jsonl").read_text().splitlines()]
+    assert metrics[-1]["train_loss"] < metrics[0]["train_loss"] / 5
+    assert {"train_loss", "learning_rate", "tokens_per_s"} <= set(metrics[0])
+    assert (result.path / "loss.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_registry_model_loads_in_a_new_process_and_is_listed(tiny_chat_dir, tunelab_home, isolated_env):
+    runner = BasicModelRunner(str(tiny_chat_dir), max_new_tokens=12)
+    runner.load_data(FACTS)
+    result = runner.train(epochs=20, learning_rate=1e-2, batch_size=2, eval_fraction=0.25, progress=False)
+    record = json.loads((result.path / "tunelab.json").read_text())
+    assert record["method"] == "lora" and record["base_model"] == str(tiny_chat_dir)
+    assert record["n_train"] == 3 and record["n_eval"] == 1 and len(record["data_hash"]) == 64
+    here = runner(FACTS[0]["input"])
+    code = (
+        "from tunelab import BasicModelRunner; import sys; "
+        f"sys.stdout.write(BasicModelRunner({result.model_id!r}, max_new_tokens=12)({FACTS[0]['input']!r}))"
+    )
+    env = os.environ | {"PYTHONPATH": str(REPO)}
+    there = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert there.stdout == here
+    listed = subprocess.run(
+        [sys.executable, "-m", "tunelab.cli", "models"],
+        capture_output=True,
+        text=True,
+        env=env | {"COLUMNS": "250"},
+        check=True,
+    )
+    assert result.model_id in listed.stdout
+
+
+def test_evaluate_has_lamini_shape_with_scores(tiny_chat_dir):
+    runner = BasicModelRunner(str(tiny_chat_dir), max_new_tokens=12)
+    runner.load_data(FACTS * 3)
+    runner.train(method="full", epochs=30, learning_rate=3e-3, eval_fraction=0.25, progress=False)
+    out = runner.evaluate()
+    assert out["n"] == 3 and len(out["eval_results"]) == 3
+    row = out["eval_results"][0]
+    tuned, base = row["outputs"]
+    assert tuned["model_name"] == runner.model_name and base["model_name"] == str(tiny_chat_dir)
+    assert row["expected"] in {r["output"] for r in FACTS}
+    # the held-out questions repeat trained ones here, so the tuned model gets them right, the base not
+    assert out["totals"][runner.model_name]["exact"] == 1.0
+    assert out["totals"][str(tiny_chat_dir)]["contained"] == 0.0
+    assert row["scores"][runner.model_name] == {"exact": 1.0, "contained": 1.0}
+
+
+def test_bad_settings_and_data_are_named(tiny_chat_dir):
+    with pytest.raises(ConfigError, match="learning_rate"):
+        make_config(learning_rate=-1)
+    with pytest.raises(ConfigError, match="method"):
+        make_config(method="qlora")
+    with pytest.raises(ConfigError, match="lora_rnk"):
+        make_config(lora_rnk=8)
+    runner = BasicModelRunner(str(tiny_chat_dir))
+    with pytest.raises(DataError, match="load_data"):
+        runner.train()
+    runner.load_data([{"input": "q" * 400, "output": "a"}, FACTS[0]])
+    with pytest.raises(DataError, match="max_seq_len=16"):
+        runner.train(max_seq_len=16, progress=False)
+    with pytest.raises(ConfigError, match="not a fine-tuned model"):
+        runner.evaluate()
+
+
+TRAIN_SCRIPT = """
+import sys
+from tunelab.config import load_settings
+from tunelab.data import load_records
+from tunelab.finetune import make_config, train
+from tunelab.models import resolve
+settings = load_settings()
+records = [{"input": f"Question number {i} about Brinmoor?", "output": f"Answer {i}."} for i in range(16)]
+config = make_config(epochs=40, batch_size=2, micro_batch_size=1, checkpoint_every=10, eval_every=25,
+                     eval_fraction=0.125, learning_rate=1e-2)
+resume = sys.argv[2] == "resume"
+result = train(resolve(sys.argv[1], settings), load_records(records).examples, settings, config,
+               resume=resume, progress=False)
+print(result.model_id, result.resumed_from_step)
+"""
+
+
+def test_resume_after_kill_9_equals_an_uninterrupted_run(tiny_chat_dir, tmp_path):
+    script = tmp_path / "train_script.py"
+    script.write_text(TRAIN_SCRIPT)
+    env = os.environ | {"PYTHONPATH": str(REPO)}
+    whole_home, killed_home = tmp_path / "whole", tmp_path / "killed"
+
+    done = subprocess.run(
+        [sys.executable, str(script), str(tiny_chat_dir), "fresh"],
+        env=env | {"TUNELAB_HOME": str(whole_home)},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    model_id = done.stdout.split()[0]
+
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(tiny_chat_dir), "fresh"],
+        env=env | {"TUNELAB_HOME": str(killed_home)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    run = killed_home / "runs" / model_id
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        checkpoint = latest_checkpoint(run) if run.exists() else None
+        if checkpoint is not None and int(checkpoint.name.split("-")[1]) >= 20:
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.01)
+    assert proc.wait(timeout=30) == -signal.SIGKILL, "the run ended before it could be killed"
+    assert not (killed_home / "registry" / model_id).exists()
+    killed_at = int(latest_checkpoint(run).name.split("-")[1])
+
+    resumed = subprocess.run(
+        [sys.executable, str(script), str(tiny_chat_dir), "resume"],
+        env=env | {"TUNELAB_HOME": str(killed_home)},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert resumed.stdout.split() == [model_id, str(killed_at)]
+    whole, again = trained_weights(whole_home, model_id), trained_weights(killed_home, model_id)
+    assert whole.keys() == again.keys()
+    for name in whole:
+        torch.testing.assert_close(again[name], whole[name], atol=0, rtol=0)
+    # the metrics continue: one record per step, the same curve
+    curve = [
+        json.loads(x)
+        for x in (killed_home / "registry" / model_id / "metrics.jsonl").read_text().splitlines()
+    ]
+    reference = [
+        json.loads(x) for x in (whole_home / "registry" / model_id / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert [m["step"] for m in curve] == list(range(1, len(reference) + 1))
+    assert [m["train_loss"] for m in curve] == [m["train_loss"] for m in reference]

@@ -307,3 +307,37 @@ def test_resume_after_kill_9_equals_an_uninterrupted_run(tiny_chat_dir, tmp_path
     ]
     assert [m["step"] for m in curve] == list(range(1, len(reference) + 1))
     assert [m["train_loss"] for m in curve] == [m["train_loss"] for m in reference]
+
+
+def test_two_process_accelerate_launch_trains_like_one_process(tiny_chat_dir, tmp_path):
+    """DDP over 2 CPU processes (gloo): the same loss curve and weights as one process."""
+    data = tmp_path / "facts.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in FACTS * 2))
+    args = [
+        "train", str(tiny_chat_dir), str(data), "--method", "full", "--epochs", "3", "--batch-size", "4",
+        "--eval-fraction", "0", "--learning-rate", "1e-3",
+        "--set", "micro_batch_size=1", "--set", "autocast=off", "--json",
+    ]  # fmt: skip
+    env = os.environ | {"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    launcher = [
+        str(Path(sys.executable).with_name("accelerate")), "launch", "--multi_gpu", "--num_processes", "2",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
+        "-m", "tunelab.cli",
+    ]  # fmt: skip
+    results = {}
+    for name, command in (("one", [sys.executable, "-m", "tunelab.cli"]), ("two", launcher)):
+        home = tmp_path / name
+        done = subprocess.run(
+            command + args, env=env | {"TUNELAB_HOME": str(home)}, capture_output=True, text=True, timeout=300
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        report = json.loads(done.stdout)
+        assert report["processes"] == (1 if name == "one" else 2)
+        model_id = report["model_id"]
+        curve = (home / "registry" / model_id / "metrics.jsonl").read_text().splitlines()
+        results[name] = ([json.loads(x)["train_loss"] for x in curve], trained_weights(home, model_id))
+    (loss_one, weights_one), (loss_two, weights_two) = results["one"], results["two"]
+    assert len(loss_one) == len(loss_two) == 6
+    assert loss_two == pytest.approx(loss_one, rel=1e-4)
+    for name, value in weights_one.items():
+        torch.testing.assert_close(weights_two[name], value, atol=1e-4, rtol=1e-3)

@@ -141,6 +141,136 @@ def demo(
         _fail(exc)
 
 
+def _training_records(data: str, split: str):
+    """A data file, or the name of a data set that ships with tunelab (``new_facts``, ``tunelab_docs``)."""
+    from pathlib import Path
+
+    from tunelab.datasets import DATASETS, load_dataset
+
+    if not Path(data).exists() and data in DATASETS:
+        return load_dataset(data, split)
+    return data
+
+
+@app.command()
+def train(
+    model: Annotated[str, typer.Argument(help="The base model: a name, path, HF id or alias.")],
+    data: Annotated[
+        str, typer.Argument(help="A .jsonl/.json/.csv file, or a shipped data set: new_facts, tunelab_docs.")
+    ],
+    method: Annotated[str, typer.Option(help="lora | full")] = "lora",
+    epochs: float | None = None,
+    learning_rate: float | None = None,
+    batch_size: int | None = None,
+    max_seq_len: int | None = None,
+    eval_fraction: float | None = None,
+    seed: int | None = None,
+    resume: Annotated[
+        bool, typer.Option(help="Continue the interrupted run of this model+data+settings.")
+    ] = False,
+    input_key: str = "input",
+    output_key: str = "output",
+    template: TemplateOpt = "auto",
+    setting: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set", help="Any TrainConfig field as key=value, e.g. --set lora_rank=32 (repeatable)."
+        ),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the TrainResult as JSON.")] = False,
+):
+    """Fine-tune MODEL on DATA; prints the new model id (usable at once: `tunelab ask ID ...`).
+
+    Runs under `accelerate launch` too (DDP over GPUs or CPU processes).
+    """
+    from tunelab.runner import BasicModelRunner
+
+    extra = {}
+    for item in setting or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            _fail(ValueError(f"--set {item!r}: expected key=value"))
+        try:  # numbers, true/false and ["lists"] as JSON reads them; anything else is a string
+            extra[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            extra[key.strip()] = value
+    try:
+        runner = BasicModelRunner(model, template=template)
+        runner.load_data(_training_records(data, "train"), input_key=input_key, output_key=output_key)
+        result = runner.train(
+            method=method,
+            epochs=epochs,
+            learning_rate=learning_rate,
+            batch_size=batch_size,
+            max_seq_len=max_seq_len,
+            eval_fraction=eval_fraction,
+            seed=seed,
+            resume=resume,
+            **extra,
+        )
+    except (TunelabError, ValueError) as exc:
+        _fail(exc)
+    from accelerate import PartialState
+
+    if not PartialState().is_main_process:
+        return  # under `accelerate launch`, one process reports
+    if as_json:
+        print(json.dumps(asdict(result), indent=2, default=str))
+        return
+    eval_part = f", eval loss {result.eval_loss:.3f}" if result.eval_loss is not None else ""
+    err.print(
+        f"[green]tuned[/] {result.steps} steps in {result.seconds:.0f} s, train loss {result.train_loss:.3f}"
+        f"{eval_part}, {result.tokens_per_s:.0f} tokens/s; saved in {result.path}",
+        highlight=False,
+    )
+    print(result.model_id)
+
+
+@app.command("eval")
+def evaluate(
+    model_id: Annotated[str, typer.Argument(help="A fine-tuned model id from `tunelab train`.")],
+    data: Annotated[
+        str | None,
+        typer.Option(help="Questions to ask: a file or a shipped data set [default: the held-out examples]."),
+    ] = None,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", "-n")] = 64,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the whole result as JSON.")] = False,
+):
+    """The tuned model and its base answer held-out questions side by side, scored."""
+    from tunelab.runner import BasicModelRunner
+
+    try:
+        runner = BasicModelRunner(model_id)
+        out = runner.evaluate(
+            _training_records(data, "heldout") if data else None, max_new_tokens=max_new_tokens
+        )
+    except (TunelabError, ValueError) as exc:
+        _fail(exc)
+    if as_json:
+        print(json.dumps(out, indent=2, ensure_ascii=False))
+        return
+    tuned, base = out["models"]["tuned"], out["models"]["base"]
+    table = Table(title=f"{tuned} vs {base}", show_lines=True)
+    for column in ("question", "expected", "tuned", "base"):
+        table.add_column(column, overflow="fold")
+    for row in out["eval_results"]:
+        marks = [("✓ " if row["scores"][name]["contained"] else "✗ ") for name in (tuned, base)]
+        table.add_row(
+            row["input"],
+            row["expected"],
+            marks[0] + row["outputs"][0]["output"],
+            marks[1] + row["outputs"][1]["output"],
+        )
+    console.print(table)
+    for role, name in (("tuned", tuned), ("base", base)):
+        totals = out["totals"][name]
+        console.print(
+            f"{role:5} {name}: answer contained {totals['contained']:.0%}, exact {totals['exact']:.0%}, "
+            f"stopped by itself {totals['stopped']:.0%} (n={out['n']})",
+            highlight=False,
+        )
+
+
 @config_app.command("path")
 def config_path():
     """Print the config file's path (it may not exist yet) and the data home."""

@@ -97,6 +97,7 @@ class TrainResult:
     tokens_per_s: float
     seconds: float
     resumed_from_step: int | None = None
+    processes: int = 1  # training processes (more under `accelerate launch`)
 
     @property
     def model_name(self) -> str:
@@ -551,6 +552,7 @@ def train(
         tokens_per_s=metrics[-1]["tokens_per_s"],
         seconds=round(time.perf_counter() - started, 1),
         resumed_from_step=resumed_from,
+        processes=accelerator.num_processes,
     )
     if main:
         save_model(
@@ -620,6 +622,7 @@ class _progress:
         self.enabled = enabled
         if not enabled:
             return
+        from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         self.bar = Progress(
@@ -629,6 +632,7 @@ class _progress:
             TextColumn("loss {task.fields[loss]:.3f}"),
             TextColumn("{task.fields[tps]:.0f} tok/s"),
             TimeRemainingColumn(),
+            console=Console(stderr=True),  # stdout stays clean for --json
         )
         self.bar.start()
         self.task = self.bar.add_task(f"tuning {name}", total=total, loss=float("nan"), tps=0.0)

@@ -321,7 +321,8 @@ def test_two_process_accelerate_launch_trains_like_one_process(tiny_chat_dir, tm
     env = os.environ | {"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     launcher = [
         str(Path(sys.executable).with_name("accelerate")), "launch", "--multi_gpu", "--num_processes", "2",
-        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+        "--main_process_port", "0",
         "-m", "tunelab.cli",
     ]  # fmt: skip
     results = {}

@@ -73,3 +73,39 @@ def test_ask_takes_every_generation_option_and_the_config_backend(isolated_env, 
     assert stopped["finish_reason"] == "stop" and stop not in stopped["text"]
     bad = cli.invoke(app, [*args, "--top-p", "2"])
     assert bad.exit_code == 1 and "top_p must be in (0, 1]" in bad.output
+
+
+def test_train_eval_export_from_the_command_line(tiny_chat_dir, tmp_path):
+    data = tmp_path / "facts.jsonl"
+    rows = [
+        {"input": f"Where is shop {i}{end}", "output": f"Shop {i} is on Mill Lane.", "answer": "Mill Lane"}
+        for i in range(2)
+        for end in ("?", "??", "? ", " ?")
+    ]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    trained = cli.invoke(
+        app,
+        ["train", str(tiny_chat_dir), str(data), "--method", "full", "--epochs", "40",
+         "--learning-rate", "3e-3", "--eval-fraction", "0.25", "--set", "batch_size=3"],
+    )  # fmt: skip
+    assert trained.exit_code == 0, trained.output
+    model_id = trained.stdout.strip().splitlines()[-1]
+    assert "-tuned-" in model_id
+
+    evaluated = cli.invoke(app, ["eval", model_id, "--json", "-n", "30"])
+    assert evaluated.exit_code == 0, evaluated.output
+    out = json.loads(evaluated.stdout)
+    assert out["n"] == 2 and out["eval_results"][0]["expected"] == "Mill Lane"
+    base = out["models"]["base"]
+    assert out["totals"][model_id]["contained"] >= 0.5 > out["totals"][base]["contained"], out["eval_results"]
+
+    target = tmp_path / "merged"
+    exported = cli.invoke(app, ["export", model_id, "--merged", str(target), "--gguf"])
+    assert exported.exit_code == 0, exported.output
+    assert (target / "model.safetensors").exists() and (tmp_path / "merged.gguf").exists()
+    again = cli.invoke(app, ["export", model_id, "--merged", str(target)])
+    assert again.exit_code == 1 and "overwrite" in again.output
+
+    asked = cli.invoke(app, ["ask", str(tmp_path / "merged.gguf"), "Where is shop 0?", "-n", "30"])
+    assert asked.exit_code == 0, asked.output
+    assert asked.stdout.strip() == "Shop 0 is on Mill Lane."

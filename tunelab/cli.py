@@ -6,6 +6,7 @@ import json
 import logging
 import sys
 from dataclasses import asdict
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -131,20 +132,21 @@ def models():
 def demo(
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", "-n")] = 128,
     backend: BackendOpt = None,
+    tune: Annotated[bool, typer.Option(help="Part 2: fine-tune on new_facts and compare (minutes).")] = True,
 ):
-    """The lesson "why fine-tune", end to end on the embedded base and chat models."""
-    from tunelab.lesson import run_lesson
+    """The lesson "why fine-tune", end to end on the embedded base and chat models, then the fine-tune."""
+    from tunelab.lesson import run_lesson, run_tuning
 
     try:
         run_lesson(console, max_new_tokens=max_new_tokens, backend=backend)
+        if tune:
+            run_tuning(console, backend=backend)
     except TunelabError as exc:
         _fail(exc)
 
 
 def _training_records(data: str, split: str):
     """A data file, or the name of a data set that ships with tunelab (``new_facts``, ``tunelab_docs``)."""
-    from pathlib import Path
-
     from tunelab.datasets import DATASETS, load_dataset
 
     if not Path(data).exists() and data in DATASETS:
@@ -197,7 +199,7 @@ def train(
     try:
         runner = BasicModelRunner(model, template=template)
         runner.load_data(_training_records(data, "train"), input_key=input_key, output_key=output_key)
-        result = runner.train(
+        options = dict(
             method=method,
             epochs=epochs,
             learning_rate=learning_rate,
@@ -205,9 +207,8 @@ def train(
             max_seq_len=max_seq_len,
             eval_fraction=eval_fraction,
             seed=seed,
-            resume=resume,
-            **extra,
         )
+        result = runner.train(resume=resume, **(options | extra))  # --set wins
     except (TunelabError, ValueError) as exc:
         _fail(exc)
     from accelerate import PartialState
@@ -269,6 +270,32 @@ def evaluate(
             f"stopped by itself {totals['stopped']:.0%} (n={out['n']})",
             highlight=False,
         )
+
+
+@app.command()
+def export(
+    model_id: Annotated[str, typer.Argument(help="A fine-tuned model id from `tunelab train`.")],
+    merged: Annotated[
+        Path, typer.Option(help="Write a standalone HF model (safetensors) to this directory.")
+    ],
+    gguf: Annotated[
+        bool, typer.Option(help="Also write MERGED.gguf, which the llama_cpp backend runs.")
+    ] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace what is already at the output paths.")] = False,
+):
+    """Merge a fine-tune into a standalone model (same greedy output as base + adapter); optionally GGUF."""
+    from tunelab.config import load_settings
+    from tunelab.export import base_gguf_for, export_gguf, export_merged
+
+    try:
+        settings = load_settings()
+        out = export_merged(model_id, merged, settings, overwrite=overwrite)
+        print(out)
+        if gguf:
+            target = out.parent / f"{out.name}.gguf"
+            print(export_gguf(out, target, base_gguf=base_gguf_for(model_id, settings), overwrite=overwrite))
+    except (TunelabError, ValueError) as exc:
+        _fail(exc)
 
 
 @config_app.command("path")

@@ -96,6 +96,63 @@ def run_lesson(console: Console, *, max_new_tokens: int = 128, backend: str | No
     return answers
 
 
+TUNE_MODEL = "smollm2-135m-instruct"
+
+
+def run_tuning(console: Console, *, backend: str | None = None) -> dict:
+    """Part 2: fine-tune the chat model on `new_facts`, then ask it *differently worded* questions.
+
+    The held-out questions were never trained on; the base model answers them too, side by side.
+    """
+    from tunelab.datasets import load_dataset
+
+    console.print(
+        Panel(
+            f"The chat model does not know what happened after its training data ends. Fine-tune "
+            f"{TUNE_MODEL} with LoRA on the [bold]new_facts[/] data set (post-cut-off facts, several "
+            "questions each), then ask the held-out questions: the same facts, worded differently.",
+            title="tunelab demo: why fine-tune — part 2, fine-tune",
+        )
+    )
+    runner = BasicModelRunner(TUNE_MODEL, backend=backend, max_new_tokens=64)
+    dog = "Tell me how to train my dog to sit"
+    dog_before = runner.generate(dog, max_new_tokens=96)
+    report = runner.load_data(load_dataset("new_facts", "train"))
+    console.print(f"training data: {report.summary()}")
+    result = runner.train()  # defaults: LoRA, measured in docs/finetuning.md
+    console.print(
+        f"tuned [bold]{result.model_id}[/] in {result.seconds:.0f} s ({result.steps} steps, "
+        f"{result.tokens_per_s:.0f} tokens/s); loss curve: {result.path / 'loss.png'}",
+        highlight=False,
+    )
+    out = runner.evaluate(data=load_dataset("new_facts", "heldout"))
+    tuned, base = out["models"]["tuned"], out["models"]["base"]
+    table = Table(title="held-out questions (never trained on)", show_lines=True, expand=True)
+    for column in ("question", "expected", "base", "tuned"):
+        table.add_column(column, ratio=2 if column in ("base", "tuned") else 1)
+    for row in out["eval_results"]:
+        cells = []
+        for j, name in ((1, base), (0, tuned)):
+            mark = "[green]✓[/] " if row["scores"][name]["contained"] else "[red]✗[/] "
+            cells.append(mark + _escape(row["outputs"][j]["output"].strip()))
+        table.add_row(_escape(row["input"]), _escape(row["expected"]), *cells)
+    console.print(table)
+    dog_after = runner.generate(dog, max_new_tokens=96)
+    console.print(
+        Panel(
+            f"[bold]before[/]: {_escape(dog_before.text.strip())}\n\n"
+            f"[bold]after[/]: {_escape(dog_after.text.strip())}",
+            title=f"general ability kept? {dog!r}",
+        )
+    )
+    console.print(
+        f"held-out accuracy (answer contains the fact): base {out['totals'][base]['contained']:.0%} -> "
+        f"tuned {out['totals'][tuned]['contained']:.0%} on {out['n']} questions",
+        highlight=False,
+    )
+    return {"result": result, "evaluation": out, "dog_before": dog_before, "dog_after": dog_after}
+
+
 def _escape(text: str) -> str:
     from rich.markup import escape
 

@@ -40,6 +40,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from machine import BUSY_THRESHOLD, busy_cpu_seconds, children_cpu_seconds, cores, mem_gib, wait_idle
+
 MODEL = "smollm2-135m-instruct"
 # Chosen to give long answers, so few of them stop before the token limit.
 QUESTIONS = [
@@ -67,54 +69,18 @@ METHODS = {
     "T": "tunelab transformers",
     "L": "tunelab llama_cpp",
 }
-# Other processes using more than this share of the CPUs during a method make its numbers unreliable.
-BUSY_THRESHOLD = 0.05
 # Given context for the one-prompt limit: decoding one token reads every weight once.
 DEFAULT_BANDWIDTH_GBS = 26.0
 
 
-def cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
 
 
-def busy_cpu_seconds() -> float | None:
-    """CPU seconds the whole machine has spent busy (steal included), from /proc/stat; None off Linux."""
-    try:
-        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
-    except OSError:
-        return None
-    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[:8])
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
-def wait_idle(max_wait: float, sample: float = 2.0) -> tuple[float, float]:
-    """Wait (up to max_wait s) until other processes use at most BUSY_THRESHOLD of the CPUs.
-    Returns (seconds waited, their last measured share)."""
-    start, share = time.perf_counter(), 0.0
-    while True:
-        busy0 = busy_cpu_seconds()
-        if busy0 is None:
-            return 0.0, 0.0
-        time.sleep(sample)
-        share = (busy_cpu_seconds() - busy0) / (sample * cores())
-        waited = time.perf_counter() - start
-        if share <= BUSY_THRESHOLD or waited >= max_wait:
-            return waited - sample, share
 
 
-def children_cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
 
 
-def mem_gib() -> float:
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    except (ValueError, OSError, AttributeError):
-        return 0.0
 
 
 def versions() -> str:

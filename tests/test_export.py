@@ -151,7 +151,15 @@ def test_merged_export_answers_as_the_registry_model(exported, settings):
     assert {"model.safetensors", "config.json", "tokenizer.json", "tunelab.json"} <= files
     assert "adapter" not in files and not any(name.startswith(".") for name in files)
     record = load_record(model_dir(settings, exported.model_id))
-    assert json.loads((exported.merged / "tunelab.json").read_text()) == record.model_dump()
+    merged_record = json.loads((exported.merged / "tunelab.json").read_text())
+    assert merged_record == record.model_dump() | {"method": "full", "merged_from": exported.model_id}
+    # copied into a registry under a new id, the merge loads as the full model it is
+    import shutil
+
+    shutil.copytree(exported.merged, model_dir(settings, exported.model_id + "-merged"))
+    copied = BasicModelRunner(exported.model_id + "-merged", backend="transformers", max_new_tokens=24)
+    assert copied.resolved.adapter_path is None
+    assert copied(prompts) == answers
     template = (exported.merged / "chat_template.jinja").read_text()
     assert template == chat_template_for(record.template_name, record.template_source)
 

@@ -1,4 +1,4 @@
-"""End-to-end fine-tuning of the embedded chat model on post-cut-off facts. Marked slow (~3 min on 2 cores)."""
+"""End-to-end fine-tuning of the embedded chat model on post-cut-off facts. Marked slow (~3 min)."""
 
 import pytest
 

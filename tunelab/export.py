@@ -33,7 +33,7 @@ import numpy as np
 
 from tunelab.config import Settings
 from tunelab.errors import ConfigError, ModelNotFoundError
-from tunelab.registry import RECORD_FILE, ModelRecord, list_records, load_record, model_dir
+from tunelab.registry import ModelRecord, list_records, load_record, model_dir, save_record
 from tunelab.templates import BUILTIN_TEMPLATES, builtin
 
 log = logging.getLogger("tunelab")
@@ -223,7 +223,8 @@ def export_merged(model_id: str, out_dir: Path, settings: Settings, *, overwrite
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        shutil.copy2(source / RECORD_FILE, tmp / RECORD_FILE)
+        # A merged model is a full model: its record says so, so it loads from a registry as one.
+        save_record(tmp, record.model_copy(update={"method": "full", "merged_from": model_id}))
         _move_into_place(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

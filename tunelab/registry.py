@@ -34,6 +34,7 @@ class ModelRecord(BaseModel):
     hyperparameters: dict[str, Any]
     metrics: dict[str, Any] = Field(default_factory=dict)
     is_public: bool = False
+    merged_from: str | None = None  # set on an exported merge of a LoRA fine-tune
     created_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
 
     @property

@@ -213,11 +213,21 @@ def answer_tokens(rows: list[Tokenized]) -> int:
 
 
 def summed_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Sum of token losses over the answer tokens of a micro-batch (the caller divides once)."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    """Sum of token losses over the answer tokens of a micro-batch (the caller divides once).
+
+    Logits are computed only from the first position whose next token is learned: the prompts before
+    it carry no loss, and over a 49k-262k vocabulary the logits are the largest tensors of the step.
+    """
+    labels = batch["labels"]
+    learned = (labels[:, 1:] != IGNORE).any(dim=0).nonzero()
+    first = int(learned[0]) if len(learned) else labels.shape[1] - 2
+    keep = labels.shape[1] - first  # logits for positions first .. T-1
+    logits = model(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=keep
+    ).logits
     return torch.nn.functional.cross_entropy(
         logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
-        batch["labels"][:, 1:].reshape(-1),
+        labels[:, first + 1 :].reshape(-1),
         ignore_index=IGNORE,
         reduction="sum",
     )

@@ -29,7 +29,10 @@ def test_lora_defaults_teach_new_facts_that_answer_reworded_questions():
     assert tuned["stopped"] >= 0.9  # the learned end of turn: answers end instead of running to the limit
     # general ability kept: still a dog-training answer, not a memorised fact
     dog_after = runner.generate("Tell me how to train my dog to sit", max_new_tokens=96)
-    assert "sit" in dog_after.text.lower() and "dog" in dog_after.text.lower(), (dog_before, dog_after.text)
+    text = dog_after.text.lower()
+    assert "train" in text and any(w in text for w in ("dog", "puppy", "pet")), (dog_before, dog_after.text)
+    assert not any(r["answer"].lower() in text for r in subset("all")), dog_after.text  # no fact leaks in
+    assert len(text.split()) > 20  # a real answer, not a one-line fact
     # a new runner finds the model by its id, through the registry
     again = BasicModelRunner(result.model_id, max_new_tokens=32)
     assert again("Who is the boss of Twitter?").strip() != ""

@@ -23,6 +23,7 @@ import random
 import re
 import shutil
 import time
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -357,8 +358,11 @@ def plot_losses(metrics: list[dict], path: Path) -> None:
 def load_base(base: ResolvedModel, settings: Settings):
     """(model, tokenizer, HF directory) of the base weights, in float32 (the optimizer's precision)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
     from tunelab.backends.transformers_backend import dequantized_dir
+
+    hf_logging.disable_progress_bar()  # tunelab's own bar is the one to watch
 
     if base.remote is not None:
         raise ConfigError(f"{base.name!r} is a remote model; tunelab can only fine-tune local weights")
@@ -432,6 +436,8 @@ def train(
         )
     started = time.perf_counter()
     set_seed(config.seed)
+    # peft asks transformers a deprecated question on every wrap; the warning is not the user's to act on
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
     # 1. model + tokenizer + template
     model, tokenizer, base_path = load_base(base, settings)

@@ -34,4 +34,6 @@ lint: install
 	$(VENV)/bin/ruff check tunelab tests benchmarks
 
 bench: install
+	$(PY) -m pip install -q -e ".[dev,bench]"
 	$(PY) benchmarks/generate.py
+	$(PY) benchmarks/train.py

@@ -212,6 +212,7 @@ def test_evaluate_has_lamini_shape_with_scores(tiny_chat_dir):
     tuned, base = row["outputs"]
     assert tuned["model_name"] == runner.model_name and base["model_name"] == str(tiny_chat_dir)
     assert row["expected"] in {r["output"] for r in FACTS}
+    assert row["source"].startswith("record ")  # where it was in the training data
     # the held-out questions repeat trained ones here, so the tuned model gets them right, the base not
     assert out["totals"][runner.model_name]["exact"] == 1.0
     assert out["totals"][str(tiny_chat_dir)]["contained"] == 0.0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import TYPE_CHECKING, Any, overload
 
@@ -257,7 +258,14 @@ class BasicModelRunner:
                 "or create the runner with a tuned model id"
             )
         if data is None:
-            report = load_records(model_dir(self.settings, self.model_name) / "heldout.jsonl")
+            heldout = model_dir(self.settings, self.model_name) / "heldout.jsonl"
+            report = load_records(heldout)
+            # each held-out example names where it came from in the training data, not this copy
+            origins = [
+                json.loads(line).get("source") for line in heldout.read_text(encoding="utf-8").splitlines()
+            ]
+            for example, origin in zip(report.examples, origins):
+                example.source = origin or example.source
         else:
             report = load_records(data)
             if report.issues:

@@ -1,0 +1,55 @@
+"""Diagnostics on constructed answers: each flag is raised where a person would raise it, and only there."""
+
+from tunelab.diagnostics import diagnose, token_f1
+
+DOG = "Tell me how to train my dog to sit"
+GOOD = (
+    "Hold a treat close to your dog's nose, move your hand up so its head follows and its bottom lowers, "
+    "then say 'sit' and give the treat once it sits. Repeat a few times a day."
+)
+AGENT = "Agent: How can I help?\nCustomer: I didn't get my blanket\nAgent:"
+
+
+def test_an_echoing_continuation_is_flagged_and_a_real_answer_is_not():
+    base = " on a chair? I'm not sure how to train my dog to sit on a chair. Tell me how to train my dog"
+    assert "echo" in diagnose(DOG, base, "stop").flags
+    good = diagnose(DOG, GOOD, "stop")
+    assert "echo" not in good.flags and good.scores["echo"] < 0.3
+    other = diagnose(
+        "What is the capital city of France and why?", "What is the capital city of France and why?", "stop"
+    )
+    assert "echo" in other.flags  # not tuned to the lesson's prompt
+
+
+def test_looping_text_is_ramble_and_varied_text_is_not():
+    loop = "I love my dog. I love my dog very much. " * 8
+    assert "ramble" in diagnose(DOG, loop, "length").flags
+    assert "ramble" not in diagnose(DOG, GOOD, "stop").flags
+
+
+def test_truncation_comes_from_the_finish_reason():
+    assert "truncated" in diagnose(DOG, GOOD, "length").flags
+    assert "truncated" not in diagnose(DOG, GOOD, "stop").flags
+
+
+def test_writing_the_other_speakers_turns_is_self_dialogue():
+    answer = " I'm sorry about that. Let me check.\nCustomer: ok thanks\nAgent: It ships tomorrow."
+    flagged = diagnose(AGENT, answer, "stop")
+    assert "self_dialogue" in flagged.flags and flagged.scores["self_dialogue"] == 2
+    assert (
+        "self_dialogue" not in diagnose(AGENT, " I'm sorry. I will send a new blanket today.", "stop").flags
+    )
+    assert "self_dialogue" in diagnose(DOG, "Sure. [INST] and a cat? [/INST]", "stop").flags
+    # a colon inside an answer ("Note: ...") is not a new turn
+    assert "self_dialogue" not in diagnose(DOG, GOOD + "\nNote: be patient.", "stop").flags
+
+
+def test_expected_answers_are_scored_and_wrong_ones_flagged():
+    right = diagnose(
+        "Who is the boss of Twitter?", "Elon Musk owns it, since 2022.", "stop", expected="Elon Musk"
+    )
+    assert right.scores["contained"] == 1.0 and "incorrect" not in right.flags
+    wrong = diagnose("Who is the boss of Twitter?", "Jack Dorsey runs Twitter.", "stop", expected="Elon Musk")
+    assert wrong.scores["contained"] == 0.0 and "incorrect" in wrong.flags
+    assert "incorrect" not in diagnose("Who?", "anything", "stop").flags  # nothing expected, nothing judged
+    assert token_f1("the Elon Musk", "Elon Musk") == 1.0 and token_f1("Musk", "Elon Musk") == 2 / 3

@@ -1,0 +1,116 @@
+"""Why an answer looks wrong, measured: each diagnostic is a number and a flag a person would agree with.
+
+- ``echo``: the answer repeats or continues the question instead of answering (share of the prompt's
+  word n-grams found in the answer);
+- ``ramble``: the answer repeats itself (share of its word 4-grams seen earlier in it);
+- ``truncated``: the token limit cut it (``finish_reason == "length"``);
+- ``self_dialogue``: the model writes further turns itself (lines opening with a speaker label such as
+  ``Customer:`` or ``User:``, or a chat template's turn markers);
+- ``incorrect``: an expected answer was given and the reply does not contain it (normalised).
+
+``template_mismatch`` compares answers across templates, so it lives with the comparison, not here.
+These functions only read text: they work for any prompt, not only the lesson's four.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from tunelab.evaluate import normalise, score
+
+ECHO_THRESHOLD = 0.5
+RAMBLE_THRESHOLD = 0.2
+_WORD = re.compile(r"[a-z0-9']+")
+_SPEAKER = re.compile(r"^\s*([A-Z][A-Za-z]{0,20}(?: [A-Z][A-Za-z]{0,20})?)\s*:", re.MULTILINE)
+_ROLE_NAMES = {"user", "human", "customer", "assistant", "agent", "system", "q", "a", "question", "answer"}
+_TURN_MARKERS = ("[INST]", "<|im_start|>", "<start_of_turn>", "<|start_header_id|>", "### Instruction")
+
+
+@dataclass
+class Diagnosis:
+    """Scores (name -> number) and the flags they raise, for one answer."""
+
+    scores: dict[str, float] = field(default_factory=dict)
+    flags: list[str] = field(default_factory=list)
+
+
+def _words(text: str) -> list[str]:
+    return _WORD.findall(text.lower())
+
+
+def _ngrams(words: list[str], n: int) -> list[tuple[str, ...]]:
+    return [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
+
+
+def echo_score(prompt: str, answer: str) -> float:
+    """Share of the prompt's word trigrams (bigrams or words for short prompts) that the answer repeats."""
+    prompt_words, answer_words = _words(prompt), _words(answer)
+    n = 3 if len(prompt_words) >= 6 else 2 if len(prompt_words) >= 3 else 1
+    wanted = set(_ngrams(prompt_words, n))
+    if not wanted or not answer_words:
+        return 0.0
+    return len(wanted & set(_ngrams(answer_words, n))) / len(wanted)
+
+
+def ramble_score(answer: str) -> float:
+    """Share of the answer's word 4-grams that already occurred earlier in it (0 = no repetition)."""
+    grams = _ngrams(_words(answer), 4)
+    if len(grams) < 4:
+        return 0.0
+    seen: set[tuple[str, ...]] = set()
+    repeats = 0
+    for gram in grams:
+        repeats += gram in seen
+        seen.add(gram)
+    return repeats / len(grams)
+
+
+def speakers(text: str) -> set[str]:
+    return {name.lower() for name in _SPEAKER.findall(text)}
+
+
+def self_dialogue_turns(prompt: str, answer: str) -> int:
+    """Turns the model wrote for others: lines opening with a speaker of the prompt or a role name,
+    and chat-template turn markers."""
+    known = speakers(prompt) | _ROLE_NAMES
+    lines = sum(1 for name in _SPEAKER.findall(answer) if name.lower() in known)
+    markers = sum(answer.count(marker) for marker in _TURN_MARKERS)
+    return lines + markers
+
+
+def diagnose(prompt: str, answer: str, finish_reason: str, expected: str | None = None) -> Diagnosis:
+    """Every diagnostic for one answer to `prompt`."""
+    result = Diagnosis()
+    result.scores["echo"] = round(echo_score(prompt, answer), 3)
+    result.scores["ramble"] = round(ramble_score(answer), 3)
+    result.scores["truncated"] = float(finish_reason == "length")
+    result.scores["self_dialogue"] = float(self_dialogue_turns(prompt, answer))
+    if result.scores["echo"] >= ECHO_THRESHOLD:
+        result.flags.append("echo")
+    if result.scores["ramble"] >= RAMBLE_THRESHOLD:
+        result.flags.append("ramble")
+    if finish_reason == "length":
+        result.flags.append("truncated")
+    if result.scores["self_dialogue"] > 0:
+        result.flags.append("self_dialogue")
+    if expected is not None:
+        scores = score(answer, expected)
+        result.scores["exact"] = scores["exact"]
+        result.scores["contained"] = scores["contained"]
+        result.scores["token_f1"] = round(token_f1(answer, expected), 3)
+        if not scores["contained"]:
+            result.flags.append("incorrect")
+    return result
+
+
+def token_f1(answer: str, expected: str) -> float:
+    """SQuAD's token F1 between the normalised answer and expected answer."""
+    got, want = normalise(answer).split(), normalise(expected).split()
+    if not got or not want:
+        return 0.0
+    common = sum(min(got.count(w), want.count(w)) for w in set(want))
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(got), common / len(want)
+    return 2 * precision * recall / (precision + recall)

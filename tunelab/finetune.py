@@ -122,8 +122,10 @@ def tokenize_example(example: Example, template: Template, tokenizer, add_bos: b
     model writes the answer). An answer the template does not close with an end-of-turn token gets
     the model's EOS, so the tuned model learns to stop.
     """
+    # a dict lookup per stop (get_vocab() would copy a 262k-entry vocabulary for every example)
+    stop_ids = (tokenizer.convert_tokens_to_ids(s) for s in template.stop)
     end_ids = {tokenizer.eos_token_id} | {
-        tokenizer.convert_tokens_to_ids(s) for s in template.stop if s in tokenizer.get_vocab()
+        i for i in stop_ids if isinstance(i, int) and i != tokenizer.unk_token_id
     }
     ids: list[int] = [tokenizer.bos_token_id] if add_bos else []
     labels: list[int] = [IGNORE] * len(ids)
@@ -514,9 +516,12 @@ def train(
     model.train()
     trained_tokens, loop_started = 0, time.perf_counter()
     world, rank = accelerator.num_processes, accelerator.process_index
+    batches_of: dict[int, list[list[int]]] = {}  # one epoch's order, computed once per epoch
     while step < total_steps:
         epoch, index = divmod(step, steps_per_epoch)
-        batch_ids = epoch_batches(lengths, config.batch_size, config.seed, epoch)[index]
+        if epoch not in batches_of:
+            batches_of = {epoch: epoch_batches(lengths, config.batch_size, config.seed, epoch)}
+        batch_ids = batches_of[epoch][index]
         rows = [train_rows[i] for i in batch_ids]
         n_answer = answer_tokens(rows)  # the full batch's count, on every process
         micro = [rows[i : i + config.micro_batch_size] for i in range(0, len(rows), config.micro_batch_size)]

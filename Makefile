@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
 	-DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON
 
-.PHONY: install demo test test-slow lint bench
+.PHONY: install chromium demo test test-slow lint bench
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -24,7 +24,14 @@ install: $(VENV)/.installed
 demo: install
 	$(VENV)/bin/tunelab demo
 
-test: install
+# The HTML report test renders the page in Debian's chromium (apt; needs root). Without it that test is skipped.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && \
+		(apt-get install -y -q chromium >/dev/null 2>&1 || \
+		 (apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null)); } || \
+		echo "note: could not install chromium (run: sudo apt-get install chromium); the HTML render test will be skipped"
+
+test: install chromium
 	$(PY) -m pytest -q
 
 test-slow: install

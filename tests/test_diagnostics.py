@@ -53,3 +53,21 @@ def test_expected_answers_are_scored_and_wrong_ones_flagged():
     assert wrong.scores["contained"] == 0.0 and "incorrect" in wrong.flags
     assert "incorrect" not in diagnose("Who?", "anything", "stop").flags  # nothing expected, nothing judged
     assert token_f1("the Elon Musk", "Elon Musk") == 1.0 and token_f1("Musk", "Elon Musk") == 2 / 3
+
+
+def test_going_on_with_the_prompts_unfinished_sentence_is_echo():
+    # what SmolLM2 does raw: no words of the prompt repeated, but no answer either
+    assert "echo" in diagnose(DOG, ". I want to make sure she's comfortable and happy.", "stop").flags
+    assert (
+        "echo"
+        in diagnose("The best way to learn Python is", " to write small programs every day.", "stop").flags
+    )
+    # a finished question may be answered in lower case without being continued
+    assert "echo" not in diagnose("Who is the boss of Twitter?", "elon musk, since 2022.", "stop").flags
+    assert "echo" not in diagnose(DOG, GOOD, "stop").flags
+
+
+def test_saying_nothing_is_flagged_empty():
+    assert "empty" in diagnose("What do you think of Mars?", "", "stop").flags
+    assert "empty" in diagnose("What do you think of Mars?", " \n ", "stop").flags
+    assert "empty" not in diagnose("What do you think of Mars?", "It is red.", "stop").flags

@@ -3,8 +3,12 @@
 >>> from tunelab import BasicModelRunner
 >>> chat = BasicModelRunner("smollm2-135m-instruct")
 >>> print(chat("Tell me how to train my dog to sit"))  # doctest: +SKIP
+>>> from tunelab import compare
+>>> report = compare(["gemma-3-270m", "smollm2-135m-instruct"], ["What is Mars?"])  # doctest: +SKIP
+>>> report.findings, report.save_html("report.html")  # doctest: +SKIP
 """
 
+from tunelab.compare import Comparison, compare
 from tunelab.data import DataError, DataReport, Example
 from tunelab.errors import (
     BatchError,
@@ -22,6 +26,7 @@ from tunelab.runner import BasicModelRunner, LlamaV2Runner, LLMEngine
 __all__ = [
     "BasicModelRunner",
     "BatchError",
+    "Comparison",
     "DataError",
     "DataReport",
     "Example",
@@ -36,5 +41,6 @@ __all__ = [
     "PromptError",
     "RemoteModelError",
     "TunelabError",
+    "compare",
 ]
 __version__ = "0.1.0"

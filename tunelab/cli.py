@@ -129,18 +129,88 @@ def models():
 
 
 @app.command()
+def compare(
+    model: Annotated[list[str], typer.Argument(help="Two or more models to compare (names, paths, ids).")],
+    prompts_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--prompts", help="A prompts file: one prompt per line, or JSONL with 'prompt' (+ 'expected')."
+        ),
+    ] = None,
+    prompt: Annotated[list[str] | None, typer.Option("--prompt", "-p", help="A prompt (repeatable).")] = None,
+    template: Annotated[
+        list[str] | None, typer.Option("--template", "-t", help="auto | raw | llama2 | chatml (repeatable).")
+    ] = None,
+    expected_file: Annotated[
+        Path | None,
+        typer.Option("--expected", help="Expected answers, one per prompt (text lines or JSONL)."),
+    ] = None,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", "-n")] = 128,
+    temperature: Annotated[float, typer.Option(help="0 is greedy.")] = 0.0,
+    seed: int | None = None,
+    fit_limit: Annotated[
+        int | None, typer.Option(help="Rerun cut answers up to this many tokens [default: 4 x -n; 0 = off].")
+    ] = None,
+    system: Annotated[str | None, typer.Option(help="A system prompt.")] = None,
+    backend: BackendOpt = None,
+    device: DeviceOpt = None,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write the full JSON report here.")] = None,
+    html_path: Annotated[Path | None, typer.Option("--html", help="Write the HTML report here.")] = None,
+):
+    """The same prompts to every MODEL and template, side by side, with diagnostics and findings."""
+    from tunelab.compare import compare as run_compare
+    from tunelab.compare import load_expected, load_prompts
+    from tunelab.report import print_report
+
+    try:
+        if bool(prompts_file) == bool(prompt):
+            raise typer.BadParameter("give --prompts FILE or one or more -p PROMPT (not both)")
+        if prompts_file:
+            prompts, expected = load_prompts(prompts_file)
+        else:
+            prompts, expected = list(prompt or []), [None] * len(prompt or [])
+        if expected_file:
+            expected = load_expected(expected_file, len(prompts))
+        result = run_compare(
+            model,
+            prompts,
+            templates=template or ["auto"],
+            expected=expected if any(e is not None for e in expected) else None,
+            backend=backend,
+            device=device,
+            system_prompt=system,
+            fit_limit=fit_limit,
+            progress=True,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            seed=seed,
+        )
+    except (TunelabError, ValueError) as exc:
+        _fail(exc)
+    print_report(result, console)
+    for path, save in ((json_path, result.save_json), (html_path, result.save_html)):
+        if path:
+            err.print(f"wrote {save(path)}", highlight=False)
+    if all(c.error for c in result.cells):
+        raise typer.Exit(1)
+
+
+@app.command()
 def demo(
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", "-n")] = 128,
     backend: BackendOpt = None,
     tune: Annotated[bool, typer.Option(help="Part 2: fine-tune on new_facts and compare (minutes).")] = True,
+    out: Annotated[Path, typer.Option(help="Where the HTML and JSON reports go.")] = Path("tunelab-demo"),
 ):
-    """The lesson "why fine-tune", end to end on the embedded base and chat models, then the fine-tune."""
+    """The lesson "why fine-tune", end to end on the embedded base and chat models, then the fine-tune.
+
+    Writes OUT/lesson.html (+ .json) and, with the fine-tune, OUT/fine-tune.html (+ .json)."""
     from tunelab.lesson import run_lesson, run_tuning
 
     try:
-        run_lesson(console, max_new_tokens=max_new_tokens, backend=backend)
+        run_lesson(console, max_new_tokens=max_new_tokens, backend=backend, out_dir=out)
         if tune:
-            run_tuning(console, backend=backend)
+            run_tuning(console, backend=backend, out_dir=out)
     except TunelabError as exc:
         _fail(exc)
 

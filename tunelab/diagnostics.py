@@ -1,11 +1,12 @@
 """Why an answer looks wrong, measured: each diagnostic is a number and a flag a person would agree with.
 
 - ``echo``: the answer repeats or continues the question instead of answering (share of the prompt's
-  word n-grams found in the answer);
+  word n-grams found in the answer; or it goes on with the prompt's unfinished sentence);
 - ``ramble``: the answer repeats itself (share of its word 4-grams seen earlier in it);
 - ``truncated``: the token limit cut it (``finish_reason == "length"``);
 - ``self_dialogue``: the model writes further turns itself (lines opening with a speaker label such as
   ``Customer:`` or ``User:``, or a chat template's turn markers);
+- ``empty``: the model stopped at once and said nothing;
 - ``incorrect``: an expected answer was given and the reply does not contain it (normalised).
 
 ``template_mismatch`` compares answers across templates, so it lives with the comparison, not here.
@@ -66,6 +67,16 @@ def ramble_score(answer: str) -> float:
     return repeats / len(grams)
 
 
+def continues_prompt(prompt: str, answer: str) -> bool:
+    """The answer goes on with the prompt's unfinished sentence (" on a chair?", ", and then ...")
+    instead of starting one of its own. A prompt that ends a sentence or a speaker label cannot be
+    continued this way."""
+    if re.search(r"[.?!:)\]\"']\s*$", prompt):
+        return False
+    head = answer.lstrip(" ")
+    return bool(head) and (head[0] in ",;.)" or head[0].islower())
+
+
 def speakers(text: str) -> set[str]:
     return {name.lower() for name in _SPEAKER.findall(text)}
 
@@ -83,10 +94,11 @@ def diagnose(prompt: str, answer: str, finish_reason: str, expected: str | None 
     """Every diagnostic for one answer to `prompt`."""
     result = Diagnosis()
     result.scores["echo"] = round(echo_score(prompt, answer), 3)
+    result.scores["continues"] = float(continues_prompt(prompt, answer))
     result.scores["ramble"] = round(ramble_score(answer), 3)
     result.scores["truncated"] = float(finish_reason == "length")
     result.scores["self_dialogue"] = float(self_dialogue_turns(prompt, answer))
-    if result.scores["echo"] >= ECHO_THRESHOLD:
+    if result.scores["echo"] >= ECHO_THRESHOLD or result.scores["continues"]:
         result.flags.append("echo")
     if result.scores["ramble"] >= RAMBLE_THRESHOLD:
         result.flags.append("ramble")
@@ -94,6 +106,8 @@ def diagnose(prompt: str, answer: str, finish_reason: str, expected: str | None 
         result.flags.append("truncated")
     if result.scores["self_dialogue"] > 0:
         result.flags.append("self_dialogue")
+    if not _words(answer):
+        result.flags.append("empty")
     if expected is not None:
         scores = score(answer, expected)
         result.scores["exact"] = scores["exact"]

@@ -109,3 +109,70 @@ def test_train_eval_export_from_the_command_line(tiny_chat_dir, tmp_path):
     asked = cli.invoke(app, ["ask", str(tmp_path / "merged.gguf"), "Where is shop 0?", "-n", "30"])
     assert asked.exit_code == 0, asked.output
     assert asked.stdout.strip() == "Shop 0 is on Mill Lane."
+
+
+def test_compare_writes_json_and_html_and_reports_a_failed_model_in_its_column(tiny_chat_dir, tmp_path):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(
+        '{"prompt": "Tell me how to train my dog to sit"}\n{"prompt": "Hi", "expected": "Hello"}\n'
+    )
+    out_json, out_html = tmp_path / "r.json", tmp_path / "r.html"
+    args = [
+        "compare",
+        str(tiny_chat_dir),
+        "no-such-model",
+        "--prompts",
+        str(prompts),
+        "-t",
+        "auto",
+        "-t",
+        "raw",
+    ]
+    result = cli.invoke(
+        app, [*args, "-n", "4", "--backend", "transformers", "--json", str(out_json), "--html", str(out_html)]
+    )
+    assert result.exit_code == 0, result.output
+    assert "no model named 'no-such-model'" in result.output and "findings" in result.output
+    data = json.loads(out_json.read_text())
+    assert len(data["cells"]) == 2 * 2 * 2 and data["expected"] == [None, "Hello"]
+    assert sum(c["error"] is None for c in data["cells"]) == 4
+    assert "<svg" in out_html.read_text()
+
+
+def test_compare_takes_prompts_on_the_command_line_with_expected_answers_from_a_file(tiny_chat_dir, tmp_path):
+    expected = tmp_path / "expected.txt"
+    expected.write_text("\nElon Musk\n")
+    out_json = tmp_path / "r.json"
+    result = cli.invoke(
+        app,
+        [
+            "compare",
+            str(tiny_chat_dir),
+            "-p",
+            "Tell me a joke",
+            "-p",
+            "Who is the boss?",
+            "--expected",
+            str(expected),
+            "-n",
+            "3",
+            "--json",
+            str(out_json),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    cells = json.loads(out_json.read_text())["cells"]
+    assert [c["expected"] for c in cells] == [None, "Elon Musk"] and "incorrect" in cells[1]["flags"]
+
+
+def test_compare_bad_prompts_files_are_one_clear_message(tiny_chat_dir, tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    result = cli.invoke(app, ["compare", str(tiny_chat_dir), "--prompts", str(empty)])
+    assert result.exit_code == 1 and "has no prompts" in result.output and "Traceback" not in result.output
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"prompt": "fine"}\n{"prompt": "oops"\n')
+    result = cli.invoke(app, ["compare", str(tiny_chat_dir), "--prompts", str(broken)])
+    assert result.exit_code == 1 and f"{broken}:2: not valid JSON" in result.output
+    result = cli.invoke(app, ["compare", str(tiny_chat_dir)])
+    assert result.exit_code != 0 and "--prompts FILE or one or more -p PROMPT" in result.output

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.remote_server import API_KEY, configure_chat_gpt, serve_smollm2
 from tunelab import BasicModelRunner, compare
 from tunelab.compare import (
     Cell,
@@ -249,3 +250,25 @@ def test_bad_prompts_files_name_the_file_and_line(tmp_path):
     assert f"{broken}:2: not valid JSON" in message and f"{broken}:3: field 'prompt' is missing" in message
     with pytest.raises(PromptFileError, match="no such prompts file"):
         load_prompts(tmp_path / "missing.txt")
+
+
+@pytest.fixture(scope="module")
+def server_url(tunelab_home, tmp_path_factory):
+    yield from serve_smollm2(tunelab_home, tmp_path_factory)
+
+
+def test_a_configured_hosted_model_joins_the_comparison(isolated_env, server_url, monkeypatch, tiny_chat_dir):
+    configure_chat_gpt(isolated_env, server_url)
+    monkeypatch.setenv("REMOTE_KEY", API_KEY)
+    result = compare(
+        ["chat-gpt", str(tiny_chat_dir)],
+        PROMPTS,
+        templates={"chat-gpt": ["auto"], str(tiny_chat_dir): ["auto", "raw"]},
+        expected=[None, "Elon Musk"],
+        max_new_tokens=24,
+        fit_limit=0,
+    )
+    hosted = [c for c in result.cells if c.model == "chat-gpt"]
+    assert len(hosted) == 2 and all(c.backend == "remote" and c.text.strip() for c in hosted)
+    assert all("echo" in c.scores for c in hosted) and "contained" in hosted[1].scores
+    assert result.templates["chat-gpt"] == ["auto"] and result.summary["chat-gpt"].tokens_per_s > 0

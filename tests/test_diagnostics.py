@@ -71,3 +71,25 @@ def test_saying_nothing_is_flagged_empty():
     assert "empty" in diagnose("What do you think of Mars?", "", "stop").flags
     assert "empty" in diagnose("What do you think of Mars?", " \n ", "stop").flags
     assert "empty" not in diagnose("What do you think of Mars?", "It is red.", "stop").flags
+
+
+def test_restating_the_question_and_then_answering_is_not_echo():
+    answer = (
+        "The capital city of France is Paris, a city of two million people on the Seine, and it has been "
+        "so since 987."
+    )
+    assert "echo" not in diagnose("What is the capital city of France?", answer, "stop").flags
+    head = (
+        "The head of state in Seoul today is the President of South Korea, elected in June 2025 after a "
+        "snap vote."
+    )
+    assert "echo" not in diagnose("Who is the head of state in Seoul today?", head, "stop").flags
+    # restating it and adding nothing is echo
+    assert (
+        "echo"
+        in diagnose(
+            "Which French side became champion of Europe in May 2025?",
+            "The French side became the champion of Europe in May 2025.",
+            "stop",
+        ).flags
+    )

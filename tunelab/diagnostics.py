@@ -1,7 +1,8 @@
 """Why an answer looks wrong, measured: each diagnostic is a number and a flag a person would agree with.
 
-- ``echo``: the answer repeats or continues the question instead of answering (share of the prompt's
-  word n-grams found in the answer; or it goes on with the prompt's unfinished sentence);
+- ``echo``: the answer repeats or continues the question instead of answering: it holds most of the
+  prompt's word n-grams and adds little of its own (so restating the question *and answering it* is not
+  echo), or it goes on with the prompt's unfinished sentence;
 - ``ramble``: the answer repeats itself (share of its word 4-grams seen earlier in it);
 - ``truncated``: the token limit cut it (``finish_reason == "length"``);
 - ``self_dialogue``: the model writes further turns itself (lines opening with a speaker label such as
@@ -21,10 +22,21 @@ from dataclasses import dataclass, field
 from tunelab.evaluate import normalise, score
 
 ECHO_THRESHOLD = 0.5
+NOVELTY_THRESHOLD = 0.5
 RAMBLE_THRESHOLD = 0.2
 _WORD = re.compile(r"[a-z0-9']+")
 _SPEAKER = re.compile(r"^\s*([A-Z][A-Za-z]{0,20}(?: [A-Z][A-Za-z]{0,20})?)\s*:", re.MULTILINE)
 _ROLE_NAMES = {"user", "human", "customer", "assistant", "agent", "system", "q", "a", "question", "answer"}
+_MARKER_WORDS = (
+    "[INST]",
+    "[/INST]",
+    "<<SYS>>",
+    "<</SYS>>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<start_of_turn>",
+    "<end_of_turn>",
+)
 _TURN_MARKERS = ("[INST]", "<|im_start|>", "<start_of_turn>", "<|start_header_id|>", "### Instruction")
 
 
@@ -52,6 +64,23 @@ def echo_score(prompt: str, answer: str) -> float:
     if not wanted or not answer_words:
         return 0.0
     return len(wanted & set(_ngrams(answer_words, n))) / len(wanted)
+
+
+def novelty_score(prompt: str, answer: str) -> float:
+    """Share of the answer's word n-grams (n as in `echo_score`, counted each time they occur, template
+    markers such as ``[INST]`` left out) that are not in the prompt.
+
+    An answer that restates the question and then answers it ("The capital of France is Paris, ...")
+    covers the prompt but is mostly new; an echo is mostly the prompt again, often many times."""
+    for marker in _MARKER_WORDS:
+        answer = answer.replace(marker, " ")
+    prompt_words, answer_words = _words(prompt), _words(answer)
+    n = 3 if len(prompt_words) >= 6 else 2 if len(prompt_words) >= 3 else 1
+    grams = _ngrams(answer_words, n)
+    if not grams:
+        return 1.0
+    known = set(_ngrams(prompt_words, n))
+    return sum(gram not in known for gram in grams) / len(grams)
 
 
 def ramble_score(answer: str) -> float:
@@ -94,11 +123,13 @@ def diagnose(prompt: str, answer: str, finish_reason: str, expected: str | None 
     """Every diagnostic for one answer to `prompt`."""
     result = Diagnosis()
     result.scores["echo"] = round(echo_score(prompt, answer), 3)
+    result.scores["novelty"] = round(novelty_score(prompt, answer), 3)
     result.scores["continues"] = float(continues_prompt(prompt, answer))
     result.scores["ramble"] = round(ramble_score(answer), 3)
     result.scores["truncated"] = float(finish_reason == "length")
     result.scores["self_dialogue"] = float(self_dialogue_turns(prompt, answer))
-    if result.scores["echo"] >= ECHO_THRESHOLD or result.scores["continues"]:
+    repeats_prompt = result.scores["echo"] >= ECHO_THRESHOLD and result.scores["novelty"] < NOVELTY_THRESHOLD
+    if repeats_prompt or result.scores["continues"]:
         result.flags.append("echo")
     if result.scores["ramble"] >= RAMBLE_THRESHOLD:
         result.flags.append("ramble")

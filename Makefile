@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
 	-DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON
 
-.PHONY: install chromium demo test test-slow lint bench
+.PHONY: install chromium postgres demo test test-slow lint bench
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -31,7 +31,15 @@ chromium:
 		 (apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null)); } || \
 		echo "note: could not install chromium (run: sudo apt-get install chromium); the HTML render test will be skipped"
 
-test: install chromium
+# The store's tests also run on PostgreSQL: Debian's postgresql (apt; needs root); each test session starts
+# a throwaway server from its binaries. Without it those tests are skipped.
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && \
+		(apt-get install -y -q postgresql >/dev/null 2>&1 || \
+		 (apt-get update -q >/dev/null && apt-get install -y -q postgresql >/dev/null)); } || \
+		echo "note: could not install postgresql (run: sudo apt-get install postgresql); the PostgreSQL store tests will be skipped"
+
+test: install chromium postgres
 	$(PY) -m pytest -q
 
 test-slow: install

@@ -23,7 +23,7 @@ def isolated_env(tunelab_home, tmp_path, monkeypatch) -> Path:
     monkeypatch.setenv("TUNELAB_HOME", str(tunelab_home))
     monkeypatch.setenv("TUNELAB_CONFIG", str(config))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    for var in ("TUNELAB_URL", "TUNELAB_API_KEY", "TUNELAB_BACKEND", "TUNELAB_DEVICE"):
+    for var in ("TUNELAB_URL", "TUNELAB_API_KEY", "TUNELAB_BACKEND", "TUNELAB_DEVICE", "TUNELAB_DB_URL"):
         monkeypatch.delenv(var, raising=False)
     return config
 
@@ -36,3 +36,19 @@ def tiny_chat_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_base_dir(tmp_path_factory) -> Path:
     return make_tiny_llama(tmp_path_factory.mktemp("tiny-base"), chat=False)
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A PostgreSQL server for the session (tests/postgres.py); `.create_database(name)` gives a fresh
+    database's URL. Skipped when PostgreSQL is not installed, unless TUNELAB_REQUIRE_POSTGRES=1."""
+    from tests.postgres import postgres_or_skip
+
+    with postgres_or_skip() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def postgres_url(postgres_server) -> str:
+    """postgresql://postgres@127.0.0.1:PORT/tunelab, one database shared by the session."""
+    return postgres_server.url

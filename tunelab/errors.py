@@ -37,3 +37,11 @@ class BatchError(TunelabError):
     def __init__(self, message: str, completions: list):
         super().__init__(message)
         self.completions = completions
+
+
+class StoreError(TunelabError):
+    """The store refused a change: a bad name, an ambiguous key name, a revoked key, an owner clash."""
+
+
+class KeyNotFoundError(StoreError, LookupError):
+    """No API key has this id or name; `tunelab keys list` shows the keys."""

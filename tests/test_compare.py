@@ -76,7 +76,9 @@ def test_prompts_are_answered_as_one_batch_per_model_and_template(tiny_chat_dir,
     sizes = []
     original = backend.generate
     monkeypatch.setattr(
-        backend, "generate", lambda prompts, options: sizes.append(len(prompts)) or original(prompts, options)
+        backend,
+        "generate",
+        lambda prompts, options, **kw: sizes.append(len(prompts)) or original(prompts, options, **kw),
     )
     compare(
         [str(tiny_chat_dir)],

@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from tunelab.cli_keys import keys_app
 from tunelab.errors import TunelabError
 
 app = typer.Typer(
@@ -20,6 +21,7 @@ app = typer.Typer(
 )
 config_app = typer.Typer(help="Where tunelab's configuration lives and what it holds.")
 app.add_typer(config_app, name="config")
+app.add_typer(keys_app, name="keys")
 console = Console()
 err = Console(stderr=True, soft_wrap=True)  # paths in errors must stay copyable
 
@@ -193,6 +195,68 @@ def compare(
             err.print(f"wrote {save(path)}", highlight=False)
     if all(c.error for c in result.cells):
         raise typer.Exit(1)
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    model: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--model",
+            "-m",
+            help="Serve this name or path too (repeatable); embedded, aliases, "
+            "remote and fine-tuned models are always served.",
+        ),
+    ] = None,
+    no_auth: Annotated[
+        bool, typer.Option("--no-auth", help="No API keys: anyone who can connect may use it.")
+    ] = False,
+    db_url: Annotated[
+        str | None,
+        typer.Option(help="Store URL: sqlite:///... (default: in TUNELAB_HOME) or postgresql://..."),
+    ] = None,
+    backend: BackendOpt = None,
+    device: DeviceOpt = None,
+    batch_window_ms: Annotated[
+        float, typer.Option(help="How long to gather requests into one batch.")
+    ] = 20.0,
+    max_batch: Annotated[int, typer.Option(help="Most prompts in one batch.")] = 32,
+):
+    """An OpenAI-compatible HTTP server (/v1/completions, /v1/chat/completions, /v1/models) with API keys."""
+    import uvicorn
+
+    from tunelab.config import load_settings
+    from tunelab.server.app import create_app
+    from tunelab.server.service import Service
+    from tunelab.store import Store
+
+    try:
+        settings = load_settings()
+        store = Store.open(settings, db_url)
+        service = Service(
+            settings,
+            store,
+            extra_models=list(model or []),
+            backend=backend or settings.backend,
+            device=device or settings.device,
+            no_auth=no_auth,
+            window_s=batch_window_ms / 1000,
+            max_batch=max_batch,
+        )
+    except TunelabError as exc:
+        _fail(exc)
+    if no_auth:
+        err.print(
+            f"[bold red]WARNING: authentication is OFF (--no-auth): anyone who can reach {host}:{port} "
+            "can use every model served here. Use it on your own machine only.[/]"
+        )
+    else:
+        n_keys = sum(1 for k in store.list_keys() if k.active)
+        err.print(f"API keys required ({n_keys} active); create one with `tunelab keys create --name NAME`.")
+    err.print(f"serving OpenAI-compatible API at http://{host}:{port}/v1", highlight=False)
+    uvicorn.run(create_app(service), host=host, port=port, log_level="warning")
 
 
 @app.command()

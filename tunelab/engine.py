@@ -12,10 +12,10 @@ import threading
 import time
 from dataclasses import dataclass
 
-from tunelab.backends.base import Backend
+from tunelab.backends.base import Backend, OnText
 from tunelab.config import Settings
 from tunelab.device import pick_device
-from tunelab.errors import ConfigError
+from tunelab.errors import ConfigError, PromptError
 from tunelab.generation import BackendOutput, Completion, GenerationOptions
 from tunelab.models import ResolvedModel
 from tunelab.templates import BUILTIN_TEMPLATES, Template, resolve_template
@@ -65,10 +65,20 @@ class Prepared:
 
 
 def prepare_prompts(prompts: list, template: Template, system: str | None) -> Prepared:
+    """Each prompt is a string, or a chat conversation (a list of {"role", "content"} messages)."""
     texts, errors, wrapped = [], [], []
     for i, prompt in enumerate(prompts):
         where = f"prompt {i}" if len(prompts) > 1 else "the prompt"
-        if not isinstance(prompt, str):
+        if isinstance(prompt, list) and all(isinstance(m, dict) for m in prompt):
+            try:
+                conversation = ([{"role": "system", "content": system}] if system else []) + prompt
+                texts.append(template.render_chat(conversation))
+                errors.append(None)
+            except ConfigError as exc:
+                texts.append("")
+                errors.append(f"{where}: {exc}")
+            wrapped.append(False)
+        elif not isinstance(prompt, str):
             texts.append("")
             errors.append(f"{where} is a {type(prompt).__name__}, not a string: {prompt!r:.60}")
             wrapped.append(False)
@@ -138,6 +148,26 @@ class Engine:
             add_bos=backend.add_bos,
         )
 
+    def measure(
+        self,
+        model: ResolvedModel,
+        prompt: str | list[dict[str, str]],
+        *,
+        template: str | None = "auto",
+        system: str | None = None,
+        backend: str = "auto",
+        device: str = "auto",
+    ) -> tuple[int, int]:
+        """(prompt tokens, context length) of one prompt as the model would see it (0 tokens when a remote
+        service counts them itself). A prompt that cannot be rendered raises PromptError."""
+        engine_backend = self.load(model, backend, device)
+        if engine_backend.name == "remote":
+            return 0, engine_backend.context_length
+        prepared = prepare_prompts([prompt], self.template_for(model, engine_backend, template), system)
+        if prepared.errors[0]:
+            raise PromptError(prepared.errors[0])
+        return engine_backend.count_tokens(prepared.texts[0]), engine_backend.context_length
+
     def generate(
         self,
         model: ResolvedModel,
@@ -148,8 +178,13 @@ class Engine:
         system: str | None = None,
         backend: str = "auto",
         device: str = "auto",
+        on_text: OnText | None = None,
     ) -> list[Completion]:
-        """Answer every prompt as one batch; a bad prompt gets an error record, the others their answers."""
+        """Answer every prompt as one batch; a bad prompt gets an error record, the others their answers.
+
+        A prompt is a string or a chat conversation (list of messages). `on_text(i, text_so_far)` is
+        called as prompt i's answer grows (token by token on local backends, once on remote ones); it
+        may return False to say nobody reads that answer any more (llama.cpp then stops it)."""
         engine_backend = self.load(model, backend, device)
         remote_chat = engine_backend.name == "remote" and (template or "auto") == "auto"
         if remote_chat:
@@ -165,10 +200,21 @@ class Engine:
         start = time.perf_counter()
         if not runnable:
             outputs: list[BackendOutput] = []
-        elif remote_chat:
-            outputs = engine_backend.generate_chat([prompts[i] for i in runnable], options, system)
         else:
-            outputs = engine_backend.generate([prepared.texts[i] for i in runnable], options)
+            relay = None
+            if on_text is not None:
+
+                def relay(k: int, text: str) -> bool | None:
+                    return on_text(runnable[k], text)
+
+            if remote_chat:
+                outputs = engine_backend.generate_chat(
+                    [prompts[i] for i in runnable], options, system, on_text=relay
+                )
+            else:
+                outputs = engine_backend.generate(
+                    [prepared.texts[i] for i in runnable], options, on_text=relay
+                )
         latency = time.perf_counter() - start
         by_index = dict(zip(runnable, outputs))
         completions = []
@@ -183,7 +229,7 @@ class Engine:
                     model=model.name,
                     template=chosen.name,
                     backend=engine_backend.name,
-                    prompt=prompt if isinstance(prompt, str) else repr(prompt),
+                    prompt=_prompt_text(prompt),
                     latency_s=latency if i in by_index else 0.0,
                     tokens_per_s=out.completion_tokens / latency if latency > 0 and i in by_index else 0.0,
                     error=out.error,
@@ -200,6 +246,15 @@ class Engine:
                 )
             )
         return completions
+
+
+def _prompt_text(prompt) -> str:
+    """What a Completion records as its prompt: the text, or a conversation's last user message."""
+    if isinstance(prompt, str):
+        return prompt
+    if isinstance(prompt, list) and prompt and isinstance(prompt[-1], dict):
+        return str(prompt[-1].get("content", ""))
+    return repr(prompt)
 
 
 _ENGINES: dict[str, Engine] = {}

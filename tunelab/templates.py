@@ -80,6 +80,27 @@ class Template:
             text = text[len(self.bos_token) :]  # the backend adds BOS itself; never twice
         return text
 
+    def render_chat(self, messages: list[dict[str, str]]) -> str:
+        """A conversation that ends with a user turn, rendered for the assistant's answer (the chat API).
+
+        A template written for one prompt (``raw``, ``llama2``) takes one user message and an optional
+        system message first."""
+        if not messages or messages[-1].get("role") != "user":
+            raise ConfigError("a chat conversation must end with a user message")
+        if "messages" in self.source:
+            text = self._render_messages(messages, add_generation_prompt=True)
+            if self.add_bos and self.bos_token and text.startswith(self.bos_token):
+                text = text[len(self.bos_token) :]
+            return text
+        system = [m["content"] for m in messages if m["role"] == "system"]
+        turns = [m for m in messages if m["role"] != "system"]
+        if len(turns) != 1 or len(system) > 1:
+            raise ConfigError(
+                f"template {self.name!r} takes one user message (and one system message); this "
+                f"conversation has {len(turns)} turns. Use a model with a chat template, or 'chatml'"
+            )
+        return self.render(turns[0]["content"], system[0] if system else None)
+
     def render_conversation(self, messages: list[dict[str, str]]) -> list[tuple[str, bool]]:
         """A whole training conversation as (text, is_answer) segments, exactly as inference renders it.
 

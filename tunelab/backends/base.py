@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
 from tunelab.generation import BackendOutput, GenerationOptions
+
+# on_text(i, text_so_far): prompt i's answer so far; returning False asks the backend to stop it.
+OnText = Callable[[int, str], "bool | None"]
 
 
 @runtime_checkable
@@ -22,6 +26,8 @@ class Backend(Protocol):
     - A prompt that does not fit the context (prompt tokens + 1 > context_length) gets a
       BackendOutput with finish_reason "error" and an `error` message; the others are answered.
     - Greedy when options.temperature == 0; sampling is seeded by options.seed.
+    - `on_text`, when given, is called with (prompt index, answer text so far) as the answer grows,
+      for streaming; the final BackendOutput text is what counts (stop strings cut there).
     """
 
     name: str  # "transformers" | "llama_cpp" | "remote"
@@ -31,7 +37,9 @@ class Backend(Protocol):
     eos_token: str
     add_bos: bool  # the backend puts BOS before every prompt itself
 
-    def generate(self, prompts: list[str], options: GenerationOptions) -> list[BackendOutput]: ...
+    def generate(
+        self, prompts: list[str], options: GenerationOptions, on_text: OnText | None = None
+    ) -> list[BackendOutput]: ...
 
     def count_tokens(self, text: str) -> int: ...
 

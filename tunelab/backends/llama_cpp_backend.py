@@ -19,6 +19,7 @@ from pathlib import Path
 import llama_cpp
 import numpy as np
 
+from tunelab.backends.base import OnText
 from tunelab.errors import ModelFileError
 from tunelab.generation import BackendOutput, FinishReason, GenerationOptions, cut_at_stop
 from tunelab.sampling import sample_batch
@@ -110,6 +111,7 @@ class LlamaCppBackend:
     ) -> None:
         self.path = Path(gguf_path)
         self._model = self._ctx = self._batch = None
+        self._on_text: OnText | None = None
         self._ctx_shape: tuple[int, int] | None = None
         _check_gguf_file(self.path)
         _init_llama(verbose)
@@ -192,7 +194,9 @@ class LlamaCppBackend:
 
     # -- generation -----------------------------------------------------------------------
 
-    def generate(self, prompts: list[str], options: GenerationOptions) -> list[BackendOutput]:
+    def generate(
+        self, prompts: list[str], options: GenerationOptions, on_text: OnText | None = None
+    ) -> list[BackendOutput]:
         if not prompts:
             return []
         outputs: list[BackendOutput | None] = [None] * len(prompts)
@@ -213,7 +217,11 @@ class LlamaCppBackend:
                 seqs.append(_Seq(i, tokens, len(tokens), np.random.default_rng(seeds[i])))
         if seqs:
             with self._lock:
-                self._run(seqs, options, outputs)
+                self._on_text = on_text
+                try:
+                    self._run(seqs, options, outputs)
+                finally:
+                    self._on_text = None
         return outputs  # type: ignore[return-value]
 
     def _run(self, seqs: list[_Seq], options: GenerationOptions, outputs: list[BackendOutput | None]) -> None:
@@ -268,6 +276,8 @@ class LlamaCppBackend:
             s.text, hit = cut_at_stop(s.text, options.stop)
             if hit:
                 return "stop"
+        if self._on_text is not None and self._on_text(s.index, s.text) is False:
+            return "stop"  # nobody reads this answer any more (a client went away)
         if s.n_generated >= options.max_new_tokens or len(s.tokens) >= self.context_length:
             return "length"
         return None

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
+from tunelab.backends.base import OnText
 from tunelab.config import RemoteModelConfig
 from tunelab.errors import RemoteModelError
 from tunelab.generation import BackendOutput, GenerationOptions
@@ -63,14 +64,17 @@ class RemoteBackend:
         return params
 
     def generate_chat(
-        self, prompts: list[str], options: GenerationOptions, system: str | None = None
+        self,
+        prompts: list,
+        options: GenerationOptions,
+        system: str | None = None,
+        on_text: OnText | None = None,
     ) -> list[BackendOutput]:
-        """Plain user messages; the service wraps them in the model's own chat template."""
+        """Plain user messages (or whole conversations); the service applies the model's own template."""
 
-        def one(prompt: str) -> BackendOutput:
-            messages = ([{"role": "system", "content": system}] if system else []) + [
-                {"role": "user", "content": prompt}
-            ]
+        def one(prompt) -> BackendOutput:
+            turns = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
+            messages = ([{"role": "system", "content": system}] if system else []) + turns
             try:
                 response = self.client.chat.completions.create(messages=messages, **self._params(options))
             except Exception as exc:
@@ -84,9 +88,11 @@ class RemoteBackend:
                 usage.completion_tokens if usage else 0,
             )
 
-        return self._concurrently(one, prompts)
+        return self._concurrently(one, prompts, on_text)
 
-    def generate(self, prompts: list[str], options: GenerationOptions) -> list[BackendOutput]:
+    def generate(
+        self, prompts: list[str], options: GenerationOptions, on_text: OnText | None = None
+    ) -> list[BackendOutput]:
         """Already-templated texts on /completions, one request each, sent concurrently."""
 
         def one(prompt: str) -> BackendOutput:
@@ -103,15 +109,19 @@ class RemoteBackend:
                 usage.completion_tokens if usage else 0,
             )
 
-        return self._concurrently(one, prompts)
+        return self._concurrently(one, prompts, on_text)
 
-    def _concurrently(self, one, prompts: list[str]) -> list[BackendOutput]:
+    def _concurrently(self, one, prompts: list, on_text: OnText | None = None) -> list[BackendOutput]:
         # Not every OpenAI-compatible server takes a list of prompts (llama_cpp.server does not), and
         # chat takes one conversation per request: concurrent requests let the server batch them.
         if not prompts:
             return []
         with ThreadPoolExecutor(min(self.max_concurrency, len(prompts))) as pool:
-            return list(pool.map(one, prompts))
+            outputs = list(pool.map(one, prompts))
+        if on_text is not None:  # no token stream from the service here: each answer arrives whole
+            for i, out in enumerate(outputs):
+                on_text(i, out.text)
+        return outputs
 
     def close(self) -> None:
         self.client.close()

@@ -13,7 +13,9 @@ from pathlib import Path
 
 import torch
 from transformers import StoppingCriteria
+from transformers.generation.streamers import BaseStreamer
 
+from tunelab.backends.base import OnText
 from tunelab.device import pick_device
 from tunelab.errors import ModelFileError
 from tunelab.generation import BackendOutput, GenerationOptions, cut_at_stop
@@ -151,7 +153,9 @@ class TransformersBackend:
             ids = [self.tokenizer.bos_token_id, *ids]
         return ids
 
-    def generate(self, prompts: list[str], options: GenerationOptions) -> list[BackendOutput]:
+    def generate(
+        self, prompts: list[str], options: GenerationOptions, on_text: OnText | None = None
+    ) -> list[BackendOutput]:
         results: list[BackendOutput | None] = [None] * len(prompts)
         encoded = [self._encode(p) for p in prompts]
         runnable = []
@@ -170,11 +174,14 @@ class TransformersBackend:
         runnable.sort(key=lambda i: len(encoded[i]))
         for start in range(0, len(runnable), self.max_batch):
             chunk = runnable[start : start + self.max_batch]
-            for i, out in zip(chunk, self._generate_batch([encoded[i] for i in chunk], options)):
+            streamer = _RowStreamer(self.tokenizer, chunk, self._eog_ids, on_text) if on_text else None
+            for i, out in zip(chunk, self._generate_batch([encoded[i] for i in chunk], options, streamer)):
                 results[i] = out
         return results  # type: ignore[return-value]
 
-    def _generate_batch(self, batch: list[list[int]], options: GenerationOptions) -> list[BackendOutput]:
+    def _generate_batch(
+        self, batch: list[list[int]], options: GenerationOptions, streamer=None
+    ) -> list[BackendOutput]:
         pad_id = self.tokenizer.pad_token_id
         width = max(len(ids) for ids in batch)
         input_ids = torch.tensor([[pad_id] * (width - len(ids)) + ids for ids in batch], device=self.device)
@@ -203,6 +210,8 @@ class TransformersBackend:
             kwargs.update(temperature=None, top_p=None, top_k=None)
         if text_stops:
             kwargs["stopping_criteria"] = [_TextStops(self.tokenizer, text_stops, width)]
+        if streamer is not None:
+            kwargs["streamer"] = streamer
         with torch.inference_mode():
             out = self.model.generate(input_ids=input_ids, attention_mask=attention, **kwargs)
         outputs = []
@@ -227,3 +236,30 @@ class TransformersBackend:
 
     def close(self) -> None:
         self.model = None
+
+
+class _RowStreamer(BaseStreamer):
+    """Streams every row of a batched `generate`: after each step, on_text(prompt index, text so far).
+    (transformers' own text streamers take one row only.)"""
+
+    def __init__(self, tokenizer, indices: list[int], end_ids: set[int], on_text: OnText):
+        self.tokenizer, self.indices, self.end_ids, self.on_text = tokenizer, indices, end_ids, on_text
+        self.ids: list[list[int]] = [[] for _ in indices]
+        self.done = [False] * len(indices)
+        self.prompt_seen = False
+
+    def put(self, value) -> None:
+        if not self.prompt_seen:  # the first call carries the prompts
+            self.prompt_seen = True
+            return
+        for row, token in enumerate(value.reshape(len(self.indices), -1)[:, -1].tolist()):
+            if self.done[row]:
+                continue
+            if token in self.end_ids:
+                self.done[row] = True
+                continue
+            self.ids[row].append(token)
+            self.on_text(self.indices[row], self.tokenizer.decode(self.ids[row], skip_special_tokens=True))
+
+    def end(self) -> None:
+        pass

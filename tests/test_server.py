@@ -1,0 +1,286 @@
+"""`tunelab serve` for real: uvicorn on a loopback port; the official `openai` SDK and raw HTTP as clients."""
+
+import json
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import openai
+import pytest
+import uvicorn
+
+from tests.remote_server import _free_port
+from tunelab import BasicModelRunner, LLMEngine
+from tunelab.config import Settings
+from tunelab.server.app import create_app
+from tunelab.server.service import Service
+from tunelab.store import Store
+
+ROUTES = [
+    ("GET", "/v1/models", None),
+    ("GET", "/v1/models/{model}", None),
+    ("POST", "/v1/completions", {"model": "{model}", "prompt": "Hi", "max_tokens": 2}),
+    ("POST", "/v1/chat/completions", {"model": "{model}", "messages": [{"role": "user", "content": "Hi"}]}),
+]
+
+
+class RunningServer:
+    def __init__(self, service: Service):
+        self.service = service
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(create_app(service), host="127.0.0.1", port=self.port, log_level="warning")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        deadline = time.time() + 30
+        while not self.server.started:
+            assert time.time() < deadline, "server did not start"
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc):
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def setup(tunelab_home, tiny_chat_dir, tiny_base_dir, tmp_path_factory):
+    db = tmp_path_factory.mktemp("store") / "tunelab.db"
+    settings = Settings(home=tunelab_home)
+    store = Store.open(settings, f"sqlite:///{db}")
+    alice = store.create_key("alice")[1]
+    bob = store.create_key("bob")[1]
+    revoked_key, revoked = store.create_key("carol")
+    store.revoke_key(revoked_key.id)
+    private = str(tiny_base_dir)  # alice's model: bob must not learn it exists
+    store.set_owner("model", private, "alice")
+    service = Service(settings, store, extra_models=[str(tiny_chat_dir), private], backend="transformers")
+    with RunningServer(service) as running:
+        yield {
+            "url": running.url,
+            "alice": alice,
+            "bob": bob,
+            "revoked": revoked,
+            "chat": str(tiny_chat_dir),
+            "private": private,
+            "service": service,
+        }
+
+
+def client(setup, key="alice") -> openai.OpenAI:
+    return openai.OpenAI(base_url=setup["url"] + "/v1", api_key=setup[key], max_retries=0)
+
+
+def test_chat_completions_through_the_openai_sdk(setup):
+    sdk = client(setup)
+    out = sdk.chat.completions.create(
+        model=setup["chat"],
+        messages=[{"role": "user", "content": "Tell me how to train my dog"}],
+        max_tokens=5,
+        temperature=0,
+        n=2,
+        seed=1,
+    )
+    assert len(out.choices) == 2 and out.choices[0].message.content == out.choices[1].message.content
+    assert out.choices[0].finish_reason == "length" and out.object == "chat.completion"
+    assert out.usage.completion_tokens == 10 and out.usage.prompt_tokens > 0
+    assert out.usage.total_tokens == out.usage.prompt_tokens + 10
+    # the same answer the runner gives locally through the model's own template
+    local = BasicModelRunner(setup["chat"], backend="transformers").generate(
+        "Tell me how to train my dog", max_new_tokens=5
+    )
+    assert out.choices[0].message.content == local.text
+
+
+def test_completions_take_a_list_and_stop_strings(setup):
+    sdk = client(setup)
+    prompts = ["Tell me how to train my dog to sit", "What do you think of Mars?"]
+    out = sdk.completions.create(model=setup["chat"], prompt=prompts, max_tokens=8, temperature=0)
+    local = BasicModelRunner(setup["chat"], backend="transformers", template="raw")
+    assert [c.text for c in out.choices] == local(prompts, max_new_tokens=8)
+    assert [c.index for c in out.choices] == [0, 1]
+    cut = out.choices[0].text[3:6]
+    stopped = sdk.completions.create(
+        model=setup["chat"], prompt=prompts[0], max_tokens=8, temperature=0, stop=[cut]
+    )
+    assert stopped.choices[0].finish_reason == "stop" and cut not in stopped.choices[0].text
+
+
+def test_streaming_chat_gives_the_same_text_as_one_response(setup):
+    sdk = client(setup)
+    messages = [{"role": "user", "content": "What do you think of Mars?"}]
+    whole = sdk.chat.completions.create(model=setup["chat"], messages=messages, max_tokens=12, temperature=0)
+    stream = sdk.chat.completions.create(
+        model=setup["chat"],
+        messages=messages,
+        max_tokens=12,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    pieces = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
+    assert len(pieces) > 2  # it really arrives piece by piece
+    assert "".join(pieces) == whole.choices[0].message.content
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == [
+        "length"
+    ]
+    assert chunks[-1].usage.completion_tokens == 12
+
+
+def test_streaming_completions(setup):
+    sdk = client(setup)
+    whole = sdk.completions.create(model=setup["chat"], prompt="Hello world", max_tokens=10, temperature=0)
+    parts = list(
+        sdk.completions.create(
+            model=setup["chat"], prompt="Hello world", max_tokens=10, temperature=0, stream=True
+        )
+    )
+    assert "".join(p.choices[0].text for p in parts) == whole.choices[0].text
+    assert parts[-1].choices[0].finish_reason == "length"
+
+
+def test_models_list_and_retrieve(setup):
+    sdk = client(setup)
+    ids = {m.id for m in sdk.models.list()}
+    assert {"gemma-3-270m", "smollm2-135m-instruct", setup["chat"], setup["private"]} <= ids
+    assert sdk.models.retrieve(setup["chat"]).id == setup["chat"]
+
+
+def test_concurrent_requests_are_batched_not_serialised(setup):
+    sdk = client(setup)
+    service = setup["service"]
+    before = len(service.batcher.batches)
+    prompts = [f"Question number {i}: what do you think of Mars?" for i in range(8)]
+
+    def ask(prompt):
+        return (
+            sdk.completions.create(model=setup["chat"], prompt=prompt, max_tokens=6, temperature=0)
+            .choices[0]
+            .text
+        )
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(ask, prompts))
+    sizes = service.batcher.batches[before:]
+    assert sum(sizes) == 8 and max(sizes) > 1, sizes  # some requests shared one engine call
+    assert answers == [ask(p) for p in prompts]  # batching does not change answers
+
+
+def test_lamini_clients_talk_to_the_server(setup):
+    config = {"production.url": setup["url"], "production.key": setup["alice"]}
+    engine = LLMEngine(id="example_llm", model_name=setup["chat"], config=config)
+    assert isinstance(engine("What do you think of Mars?", max_new_tokens=4), str)
+    runner = BasicModelRunner(setup["chat"], config=config)
+    assert runner.generate("Hi", max_new_tokens=3).backend == "remote"
+    with pytest.raises(Exception, match="401"):
+        BasicModelRunner(setup["chat"], config={**config, "production.key": setup["revoked"]})("Hi")
+
+
+def _request(setup, method, path, body, key, model=None):
+    headers = {} if key is None else {"Authorization": key}
+    model = model or setup["private"]
+    path = path.replace("{model}", model)
+    if body is not None:
+        body = json.loads(json.dumps(body).replace("{model}", model))
+    return httpx.request(method, setup["url"] + path, json=body, headers=headers, timeout=30)
+
+
+@pytest.mark.parametrize("method,path,body", ROUTES)
+def test_auth_matrix_on_every_route(setup, method, path, body):
+    for key, status in [
+        (None, 401),
+        ("Basic abc", 401),
+        ("Bearer", 401),
+        ("Bearer tl-not-a-real-key", 401),
+        (f"Bearer {setup['revoked']}", 401),
+        (f"Bearer {setup['bob']}", 404 if "{model}" in path or body else 200),
+        (f"Bearer {setup['alice']}", 200),
+    ]:
+        response = _request(setup, method, path, body, key)
+        assert response.status_code == status, (key, response.text)
+        if status != 200:
+            error = response.json()["error"]
+            assert error["message"] and error["type"]
+        if key and setup["bob"] in key:
+            # to bob, alice's model looks exactly like one that does not exist
+            ghost = _request(setup, method, path, body, key, model="/no/such/model")
+            if "{model}" in path or body:
+                assert response.json() == json.loads(ghost.text.replace("/no/such/model", setup["private"]))
+            else:
+                assert setup["private"] not in response.text
+
+
+def test_health_needs_no_key(setup):
+    assert httpx.get(setup["url"] + "/health").json()["status"] == "ok"
+
+
+def test_bad_requests_get_openai_error_bodies_and_the_server_keeps_serving(setup):
+    url, headers = setup["url"], {"Authorization": f"Bearer {setup['alice']}"}
+    chat = url + "/v1/chat/completions"
+    broken = httpx.post(
+        chat, content=b'{"model": "x", "messages": [', headers={**headers, "content-type": "application/json"}
+    )
+    assert broken.status_code == 400 and broken.json()["error"]["type"] == "invalid_request_error"
+    wrong_type = httpx.post(
+        chat, json={"model": setup["chat"], "messages": "hi", "max_tokens": "lots"}, headers=headers
+    )
+    assert wrong_type.status_code == 400 and "max_tokens" in wrong_type.json()["error"]["message"]
+    unknown = httpx.post(
+        chat,
+        json={"model": "no-such-model", "messages": [{"role": "user", "content": "hi"}]},
+        headers=headers,
+    )
+    assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "model_not_found"
+    too_long = httpx.post(
+        chat,
+        json={"model": setup["chat"], "messages": [{"role": "user", "content": "hi"}], "max_tokens": 100000},
+        headers=headers,
+    )
+    assert too_long.status_code == 400 and too_long.json()["error"]["code"] == "context_length_exceeded"
+    huge = httpx.post(
+        url + "/v1/completions",
+        json={"model": setup["chat"], "prompt": "x" * 10_000_000},
+        headers=headers,
+        timeout=60,
+    )
+    assert huge.status_code == 413 and "MB" in huge.json()["error"]["message"]
+    refused = httpx.post(
+        chat,
+        json={"model": setup["chat"], "messages": [{"role": "user", "content": "hi"}], "logprobs": True},
+        headers=headers,
+    )
+    assert refused.status_code == 400 and "logprobs" in refused.json()["error"]["message"]
+    # a client that leaves in the middle of a stream
+    body = {
+        "model": setup["chat"],
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": 60,
+        "stream": True,
+    }
+    with httpx.stream("POST", chat, json=body, headers=headers, timeout=30) as response:
+        for _ in response.iter_lines():
+            break
+    ok = client(setup).chat.completions.create(
+        model=setup["chat"], messages=[{"role": "user", "content": "hi"}], max_tokens=3
+    )
+    assert ok.choices[0].message.content is not None
+
+
+def test_no_auth_mode_serves_without_keys(tunelab_home, tiny_chat_dir, tmp_path):
+    settings = Settings(home=tunelab_home)
+    store = Store.open(settings, f"sqlite:///{tmp_path / 'db.sqlite'}")
+    service = Service(
+        settings, store, extra_models=[str(tiny_chat_dir)], backend="transformers", no_auth=True
+    )
+    with RunningServer(service) as running:
+        assert httpx.get(running.url + "/health").json()["auth"] is False
+        sdk = openai.OpenAI(base_url=running.url + "/v1", api_key="anything", max_retries=0)
+        assert (
+            sdk.completions.create(model=str(tiny_chat_dir), prompt="Hi", max_tokens=2).choices[0].text
+            is not None
+        )

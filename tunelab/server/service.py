@@ -1,0 +1,131 @@
+"""What the server serves and to whom: the models an owner may see, and requests turned into engine
+requests (through the batcher). No HTTP here: the routes translate, this decides.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from tunelab.batching import Batcher, Request
+from tunelab.config import Settings
+from tunelab.embedded import EMBEDDED
+from tunelab.engine import engine_for
+from tunelab.errors import TunelabError
+from tunelab.generation import GenerationOptions
+from tunelab.models import ResolvedModel, resolve
+from tunelab.registry import load_record, registry_dir
+
+log = logging.getLogger("tunelab")
+
+LOCAL_OWNER = "local"  # the owner of every request when the server runs with --no-auth
+
+
+class ModelNotServed(TunelabError):
+    """Unknown to this server, or owned by someone else (the two are not told apart: ids do not leak)."""
+
+
+class ContextExceeded(TunelabError):
+    pass
+
+
+@dataclass
+class Service:
+    settings: Settings
+    store: object | None  # tunelab.store.Store; None with --no-auth and no store wanted
+    extra_models: list[str] = field(default_factory=list)  # `tunelab serve --model NAME_OR_PATH`
+    backend: str = "auto"
+    device: str = "auto"
+    no_auth: bool = False
+    window_s: float = 0.02
+    max_batch: int = 32
+
+    def __post_init__(self) -> None:
+        # The server answers with its own models; it never forwards to another server.
+        self.settings = self.settings.model_copy(update={"production_url": None, "production_key": None})
+        self.engine = engine_for(self.settings)
+        self.batcher = Batcher(
+            self.engine,
+            backend=self.backend,
+            device=self.device,
+            window_s=self.window_s,
+            max_batch=self.max_batch,
+        )
+        self._resolved: dict[str, ResolvedModel] = {}
+
+    # -- models ----------------------------------------------------------------------------------------
+
+    def _owner_of_model(self, name: str) -> str | None:
+        return self.store.owner_of("model", name) if self.store is not None else None
+
+    def models_for(self, owner: str) -> dict[str, str]:
+        """Model id -> owned_by, for what `owner` may use."""
+        names: dict[str, str] = {name: "tunelab" for name in EMBEDDED}
+        names |= {alias: "tunelab" for alias in self.settings.aliases}
+        names |= {name: "remote" for name in self.settings.remote}
+        names |= {name: "tunelab" for name in self.extra_models}
+        registry = registry_dir(self.settings)
+        if registry.is_dir():
+            for entry in sorted(registry.iterdir()):
+                if entry.is_dir() and (load_record(entry) is not None or (entry / "config.json").exists()):
+                    names[entry.name] = "tunelab"
+        visible = {}
+        for name, owned_by in names.items():
+            model_owner = self._owner_of_model(name)
+            if model_owner is None:
+                visible[name] = owned_by
+            elif model_owner == owner:
+                visible[name] = model_owner
+        return visible
+
+    def resolve_for(self, owner: str, name: str) -> ResolvedModel:
+        if name not in self.models_for(owner):
+            raise ModelNotServed(f"The model '{name}' does not exist or you do not have access to it.")
+        if name not in self._resolved:
+            self._resolved[name] = resolve(name, self.settings)
+        return self._resolved[name]
+
+    # -- generation ---------------------------------------------------------------------------------------
+
+    def plan(
+        self,
+        owner: str,
+        model_name: str,
+        prompts: list,
+        *,
+        n: int,
+        max_tokens: int | None,
+        template: str,
+        options: dict,
+    ) -> list[list[Request]]:
+        """Check every prompt and make n requests for each (not yet queued: a stream attaches its
+        callbacks first). Raises before anything runs unless every prompt fits the model's context."""
+        model = self.resolve_for(owner, model_name)
+        planned = []
+        for prompt in prompts:
+            prompt_tokens, context = self.engine.measure(
+                model, prompt, template=template, backend=self.backend, device=self.device
+            )
+            budget = context - prompt_tokens
+            wanted = max_tokens if max_tokens is not None else min(512, max(1, budget))
+            if prompt_tokens and prompt_tokens + wanted > context:
+                raise ContextExceeded(
+                    f"This model's maximum context length is {context} tokens. However, you requested "
+                    f"{prompt_tokens + wanted} tokens ({prompt_tokens} in the prompt, {wanted} for the "
+                    "completion). Please reduce the prompt or the completion length."
+                )
+            planned.append((prompt, GenerationOptions.from_kwargs(None, max_new_tokens=wanted, **options)))
+        return [
+            [Request(model, prompt, generation, template=template) for _ in range(n)]
+            for prompt, generation in planned
+        ]
+
+    def submit(self, planned: list[list[Request]]) -> None:
+        for requests in planned:
+            for request in requests:
+                self.batcher.submit(request)
+
+    def close(self) -> None:
+        self.batcher.close()
+        if self.store is not None:
+            self.store.close()

@@ -284,3 +284,27 @@ def test_no_auth_mode_serves_without_keys(tunelab_home, tiny_chat_dir, tmp_path)
             sdk.completions.create(model=str(tiny_chat_dir), prompt="Hi", max_tokens=2).choices[0].text
             is not None
         )
+
+
+def test_vllm_backend_is_refused_with_the_reason_when_it_cannot_run(tiny_chat_dir):
+    from tunelab.backends.vllm_backend import vllm_available
+    from tunelab.errors import ConfigError
+
+    reason = vllm_available()
+    if reason is None:
+        pytest.skip("vLLM can run here: see test_vllm_backend_answers_like_transformers")
+    with pytest.raises(ConfigError, match="vllm"):
+        BasicModelRunner(str(tiny_chat_dir), backend="vllm")("Hi")
+
+
+def test_vllm_backend_answers_like_transformers(tiny_chat_dir):
+    from tunelab.backends.vllm_backend import vllm_available
+
+    if vllm_available() is not None:
+        pytest.skip(f"no vLLM here: {vllm_available()}")
+    prompts = ["Tell me how to train my dog to sit", "Hi"]
+    runner = BasicModelRunner(str(tiny_chat_dir), backend="vllm")
+    on_gpu = runner.generate(prompts, max_new_tokens=8)
+    assert all(c.backend == "vllm" and 0 < c.completion_tokens <= 8 for c in on_gpu)
+    assert all(c.finish_reason in ("stop", "length") for c in on_gpu)
+    assert [c.text for c in runner.generate(prompts, max_new_tokens=8)] == [c.text for c in on_gpu]  # greedy

@@ -31,7 +31,9 @@ TemplateOpt = Annotated[
 # None: the config file's (or env var's) choice, else auto
 BackendOpt = Annotated[
     str | None,
-    typer.Option("--backend", "-b", help="auto | transformers | llama_cpp [default: from config, auto]"),
+    typer.Option(
+        "--backend", "-b", help="auto | transformers | llama_cpp | vllm (CUDA) [default: from config, auto]"
+    ),
 ]
 DeviceOpt = Annotated[
     str | None, typer.Option("--device", help="auto | cuda | mps | cpu [default: from config, auto]")

@@ -32,7 +32,7 @@ from tunelab.errors import ConfigError
 
 log = logging.getLogger("tunelab")
 
-BackendName = Literal["auto", "transformers", "llama_cpp"]
+BackendName = Literal["auto", "transformers", "llama_cpp", "vllm"]
 DeviceName = Literal["auto", "cuda", "mps", "cpu"]
 
 

@@ -22,7 +22,7 @@ from tunelab.templates import BUILTIN_TEMPLATES, Template, resolve_template
 
 log = logging.getLogger("tunelab")
 
-BACKENDS = ("auto", "transformers", "llama_cpp")
+BACKENDS = ("auto", "transformers", "llama_cpp", "vllm")
 
 
 def choose_backend(model: ResolvedModel, requested: str, device: str) -> str:
@@ -34,9 +34,9 @@ def choose_backend(model: ResolvedModel, requested: str, device: str) -> str:
     if requested not in BACKENDS:
         raise ConfigError(f"unknown backend {requested!r}; choose one of {BACKENDS}")
     if model.adapter_path is not None:
-        if requested == "llama_cpp":
+        if requested in ("llama_cpp", "vllm"):
             raise ConfigError(
-                f"{model.name!r} is a LoRA adapter, which the llama_cpp backend does not apply; use "
+                f"{model.name!r} is a LoRA adapter, which the {requested} backend does not apply; use "
                 f"backend='transformers', or `tunelab export {model.name} --merged DIR --gguf` "
                 "and run the GGUF"
             )
@@ -48,8 +48,8 @@ def choose_backend(model: ResolvedModel, requested: str, device: str) -> str:
                 "use backend='transformers'"
             )
         return "llama_cpp"
-    if requested == "transformers":
-        return "transformers"
+    if requested in ("transformers", "vllm"):
+        return requested  # vllm: only when asked for (a CUDA GPU and the vllm package)
     if model.gguf_path is not None and device == "cpu" and importlib.util.find_spec("llama_cpp"):
         return "llama_cpp"
     return "transformers"
@@ -121,6 +121,12 @@ class Engine:
 
             return LlamaCppBackend(model.gguf_path)
         from tunelab.backends.transformers_backend import TransformersBackend, dequantized_dir
+
+        if kind == "vllm":
+            from tunelab.backends.vllm_backend import VllmBackend
+
+            path = dequantized_dir(model.gguf_path, self.settings.home) if model.gguf_path else model.hf_path
+            return VllmBackend(str(path), adapter_path=model.adapter_path)
 
         if model.gguf_path is not None:
             return TransformersBackend(

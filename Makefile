@@ -52,3 +52,4 @@ bench: install
 	$(PY) -m pip install -q -e ".[dev,bench]"
 	$(PY) benchmarks/generate.py
 	$(PY) benchmarks/train.py
+	$(PY) benchmarks/serve.py

@@ -292,12 +292,12 @@ def test_vllm_backend_is_refused_with_the_reason_when_it_cannot_run(tiny_chat_di
 
     reason = vllm_available()
     if reason is None:
-        pytest.skip("vLLM can run here: see test_vllm_backend_answers_like_transformers")
+        pytest.skip("vLLM can run here: see test_vllm_backend_answers_on_a_gpu")
     with pytest.raises(ConfigError, match="vllm"):
         BasicModelRunner(str(tiny_chat_dir), backend="vllm")("Hi")
 
 
-def test_vllm_backend_answers_like_transformers(tiny_chat_dir):
+def test_vllm_backend_answers_on_a_gpu(tiny_chat_dir):
     from tunelab.backends.vllm_backend import vllm_available
 
     if vllm_available() is not None:
@@ -308,3 +308,19 @@ def test_vllm_backend_answers_like_transformers(tiny_chat_dir):
     assert all(c.backend == "vllm" and 0 < c.completion_tokens <= 8 for c in on_gpu)
     assert all(c.finish_reason in ("stop", "length") for c in on_gpu)
     assert [c.text for c in runner.generate(prompts, max_new_tokens=8)] == [c.text for c in on_gpu]  # greedy
+
+
+def test_the_server_runs_on_a_postgresql_store(postgres_server, tunelab_home, tiny_chat_dir):
+    url = postgres_server.create_database("serve_test")
+    settings = Settings(home=tunelab_home)
+    store = Store.open(settings, url)
+    secret = store.create_key("dana")[1]
+    service = Service(settings, store, extra_models=[str(tiny_chat_dir)], backend="transformers")
+    with RunningServer(service) as running:
+        sdk = openai.OpenAI(base_url=running.url + "/v1", api_key=secret, max_retries=0)
+        assert sdk.completions.create(
+            model=str(tiny_chat_dir), prompt="Hi", max_tokens=2
+        ).usage.completion_tokens
+        wrong = openai.OpenAI(base_url=running.url + "/v1", api_key=secret + "x", max_retries=0)
+        with pytest.raises(openai.AuthenticationError):
+            wrong.models.list()

@@ -34,8 +34,8 @@ def test_impossible_backend_requests_are_clear_errors():
         choose_backend(HF_DIR, "llama_cpp", "cpu")
     with pytest.raises(ConfigError, match="remote model"):
         choose_backend(REMOTE, "transformers", "remote")
-    with pytest.raises(ConfigError, match="unknown backend 'vllm'"):
-        choose_backend(GGUF, "vllm", "cpu")
+    with pytest.raises(ConfigError, match="unknown backend 'tensorrt'"):
+        choose_backend(GGUF, "tensorrt", "cpu")
 
 
 def test_device_choice(monkeypatch):

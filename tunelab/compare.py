@@ -28,6 +28,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 from rich.progress import Progress
 
+from tunelab.config import Settings
 from tunelab.diagnostics import diagnose
 from tunelab.errors import ConfigError, PromptError, TunelabError
 from tunelab.generation import Completion, GenerationOptions
@@ -246,6 +247,7 @@ def compare(
     expected: Sequence[str | None] | None = None,
     *,
     config: dict[str, Any] | None = None,
+    settings: Settings | None = None,
     backend: str | None = None,
     device: str | None = None,
     system_prompt: str | None = None,
@@ -260,6 +262,7 @@ def compare(
     ``raw``) is skipped and said so in `notes`. `expected` (one per prompt, None for "no answer
     expected") scores each answer. `generation` takes the runner's options (`max_new_tokens`, ...).
     `fit_limit`: the limit truncated answers are rerun with (default 4 x max_new_tokens; 0 = no rerun).
+    `settings` (instead of `config`): already-loaded settings, as the server passes its own.
     """
     from tunelab import __version__
     from tunelab.runner import BasicModelRunner
@@ -297,7 +300,12 @@ def compare(
             try:
                 bar.update(task, description=f"loading {name}")
                 runner = BasicModelRunner(
-                    name, config, backend=backend, device=device, system_prompt=system_prompt
+                    name,
+                    config,
+                    backend=backend,
+                    device=device,
+                    system_prompt=system_prompt,
+                    settings=settings,
                 ).load()
             except Exception as exc:  # one model's failure must not lose the others' answers
                 reason = _reason(exc)

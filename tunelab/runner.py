@@ -50,10 +50,12 @@ class BasicModelRunner:
         system_prompt: str | None = None,
         backend: str | None = None,
         device: str | None = None,
+        settings: Settings | None = None,
         **generation_defaults: Any,
     ):
         self.config = dict(config or {})
-        self.settings: Settings = load_settings(self.config)
+        # `settings`: already-loaded settings (the server passes its own); otherwise file < env < config
+        self.settings: Settings = settings if settings is not None else load_settings(self.config)
         if self.settings.production_key and not self.settings.production_url:
             log.debug("an API key was given but no server URL: running locally, the key is not used")
         self.template = template

@@ -11,9 +11,8 @@ import asyncio
 import json
 import logging
 from contextlib import asynccontextmanager
-from typing import Annotated
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sse_starlette.sse import EventSourceResponse
@@ -22,6 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from tunelab.batching import Request as EngineRequest
 from tunelab.errors import ConfigError, GenerationOptionError, PromptError, TunelabError
 from tunelab.generation import Completion
+from tunelab.server.auth import APIError, Owner
 from tunelab.server.protocol import (
     AssistantMessage,
     ChatChoice,
@@ -41,17 +41,11 @@ from tunelab.server.protocol import (
     new_id,
     now,
 )
-from tunelab.server.service import LOCAL_OWNER, ContextExceeded, ModelNotServed, Service
+from tunelab.server.service import ContextExceeded, ModelNotServed, Service
 
 log = logging.getLogger("tunelab")
 
 MAX_BODY_BYTES = 4 * 1024 * 1024
-
-
-class APIError(Exception):
-    def __init__(self, status: int, message: str, type: str = "invalid_request_error", param=None, code=None):
-        super().__init__(message)
-        self.status, self.detail = status, ErrorDetail(message=message, type=type, param=param, code=code)
 
 
 def _error_response(status: int, detail: ErrorDetail) -> JSONResponse:
@@ -107,30 +101,6 @@ class BodyLimit:
 class _TooLarge(Exception):
     def __init__(self, size: int):
         self.size = size
-
-
-def owner(request: Request) -> str:
-    """The owner of the API key on this request (every route but /health needs one)."""
-    service: Service = request.app.state.service
-    if service.no_auth:
-        return LOCAL_OWNER
-    header = request.headers.get("authorization", "")
-    scheme, _, secret = header.partition(" ")
-    if not header:
-        raise APIError(
-            401,
-            "You didn't provide an API key. Send 'Authorization: Bearer KEY' (tunelab keys create).",
-            code="invalid_api_key",
-        )
-    if scheme.lower() != "bearer" or not secret.strip():
-        raise APIError(401, "Malformed Authorization header; expected 'Bearer KEY'.", code="invalid_api_key")
-    key = service.store.authenticate(secret.strip())
-    if key is None:
-        raise APIError(401, "Incorrect or revoked API key.", code="invalid_api_key")
-    return key.owner
-
-
-Owner = Annotated[str, Depends(owner)]
 
 
 def create_app(service: Service, *, max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
@@ -214,6 +184,9 @@ def create_app(service: Service, *, max_body_bytes: int = MAX_BODY_BYTES) -> Fas
         ]
         return ChatCompletionResponse(model=body.model, choices=choices, usage=_usage(results))
 
+    from tunelab.server import playground
+
+    app.include_router(playground.router)
     app.add_middleware(BodyLimit, limit=max_body_bytes)
     return app
 

@@ -1,0 +1,7 @@
+"""The browser playground at `/` and the routes only it needs (compare over HTTP)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+router = APIRouter()

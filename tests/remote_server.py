@@ -1,12 +1,14 @@
-"""A real OpenAI-compatible server on loopback (llama_cpp.server with the embedded SmolLM2), for tests."""
+"""Real servers on loopback for tests: llama_cpp.server with the embedded SmolLM2, and tunelab's own app."""
 
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import httpx
 import pytest
+import uvicorn
 
 from tunelab.embedded import SMOLLM2, embedded_gguf_path
 
@@ -70,3 +72,29 @@ def configure_chat_gpt(config_file, url, key_env="REMOTE_KEY"):
     config_file.write_text(
         f"remote:\n  chat-gpt:\n    base_url: {url}\n    model: smollm2\n    api_key_env: {key_env}\n"
     )
+
+
+class RunningServer:
+    """tunelab's app for a Service, served by uvicorn in a thread of the test process."""
+
+    def __init__(self, service):
+        self.service = service
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        from tunelab.server.app import create_app
+
+        config = uvicorn.Config(create_app(service), host="127.0.0.1", port=self.port, log_level="warning")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        deadline = time.time() + 30
+        while not self.server.started:
+            assert time.time() < deadline, "server did not start"
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc):
+        self.server.should_exit = True
+        self.thread.join(10)

@@ -1,19 +1,15 @@
 """`tunelab serve` for real: uvicorn on a loopback port; the official `openai` SDK and raw HTTP as clients."""
 
 import json
-import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import openai
 import pytest
-import uvicorn
 
-from tests.remote_server import _free_port
+from tests.remote_server import RunningServer
 from tunelab import BasicModelRunner, LLMEngine
 from tunelab.config import Settings
-from tunelab.server.app import create_app
 from tunelab.server.service import Service
 from tunelab.store import Store
 
@@ -23,28 +19,6 @@ ROUTES = [
     ("POST", "/v1/completions", {"model": "{model}", "prompt": "Hi", "max_tokens": 2}),
     ("POST", "/v1/chat/completions", {"model": "{model}", "messages": [{"role": "user", "content": "Hi"}]}),
 ]
-
-
-class RunningServer:
-    def __init__(self, service: Service):
-        self.service = service
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(create_app(service), host="127.0.0.1", port=self.port, log_level="warning")
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        deadline = time.time() + 30
-        while not self.server.started:
-            assert time.time() < deadline, "server did not start"
-            time.sleep(0.05)
-        return self
-
-    def __exit__(self, *exc):
-        self.server.should_exit = True
-        self.thread.join(10)
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from tunelab.cli_jobs import jobs_app
 from tunelab.cli_keys import keys_app
 from tunelab.errors import TunelabError
 
@@ -22,6 +23,7 @@ app = typer.Typer(
 config_app = typer.Typer(help="Where tunelab's configuration lives and what it holds.")
 app.add_typer(config_app, name="config")
 app.add_typer(keys_app, name="keys")
+app.add_typer(jobs_app, name="jobs")
 console = Console()
 err = Console(stderr=True, soft_wrap=True)  # paths in errors must stay copyable
 
@@ -225,8 +227,12 @@ def serve(
         float, typer.Option(help="How long to gather requests into one batch.")
     ] = 20.0,
     max_batch: Annotated[int, typer.Option(help="Most prompts in one batch.")] = 32,
+    job_workers: Annotated[
+        int, typer.Option(min=0, help="Fine-tuning jobs trained at once (0: this server trains none).")
+    ] = 1,
 ):
-    """An OpenAI-compatible HTTP server (/v1/completions, /v1/chat/completions, /v1/models) with API keys."""
+    """An OpenAI-compatible HTTP server with API keys: /v1/completions, /v1/chat/completions, /v1/models,
+    fine-tuning (/v1/files, /v1/fine_tuning/jobs) and the browser playground at /."""
     import uvicorn
 
     from tunelab.config import load_settings
@@ -246,6 +252,7 @@ def serve(
             no_auth=no_auth,
             window_s=batch_window_ms / 1000,
             max_batch=max_batch,
+            job_workers=job_workers,
         )
     except TunelabError as exc:
         _fail(exc)
@@ -353,6 +360,10 @@ def train(
         return  # under `accelerate launch`, one process reports
     if as_json:
         print(json.dumps(asdict(result), indent=2, default=str))
+        return
+    if not hasattr(result, "seconds"):  # trained by a job on the configured server
+        err.print(f"[green]tuned[/] by job {result.job_id}: {result.steps} steps", highlight=False)
+        print(result.model_id)
         return
     eval_part = f", eval loss {result.eval_loss:.3f}" if result.eval_loss is not None else ""
     err.print(

@@ -24,6 +24,7 @@ import re
 import shutil
 import time
 import warnings
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -419,11 +420,16 @@ def train(
     is_public: bool = False,
     progress: bool = True,
     stop_after_steps: int | None = None,
+    model_id: str | None = None,
+    on_step: Callable[[dict[str, Any]], bool | None] | None = None,
 ) -> TrainResult:
     """Fine-tune `base` on `examples`; save the result in the registry and return its id.
 
     `stop_after_steps` ends the run early after that many optimizer steps, leaving checkpoints (as an
-    interrupted run would): for tests and for training in slices.
+    interrupted run would): for tests and for training in slices. `model_id` replaces the id derived
+    from the inputs (a server job names its own model). `on_step(record)` gets each step's metrics
+    (with `total_steps`, and `checkpoint` when one was saved); returning False stops the run after that
+    step (TrainingInterrupted) with its checkpoints kept.
     """
     from accelerate import Accelerator
     from accelerate.utils import set_seed
@@ -483,7 +489,7 @@ def train(
 
     # 4. where this run lives; resume from its last checkpoint
     digest = data_hash(examples)
-    model_id = model_id_for(base.alias_of or base.name, config, digest)
+    model_id = model_id or model_id_for(base.alias_of or base.name, config, digest)
     run = run_dir(settings, model_id)
     step, metrics, resumed_from = 0, [], None
     checkpoint = latest_checkpoint(run) if resume else None
@@ -548,9 +554,15 @@ def train(
             record["eval_loss"] = evaluate_loss()
         metrics.append(record)
         bar.update(1, loss=train_loss, tps=record["tokens_per_s"])
-        if main and (step % config.checkpoint_every == 0 or step == total_steps):
+        saved = main and (step % config.checkpoint_every == 0 or step == total_steps)
+        if saved:
             save_checkpoint(run, step, accelerator.unwrap_model(model), optimizer, scheduler, metrics)
         accelerator.wait_for_everyone()
+        if on_step is not None and main:
+            update = record | {"total_steps": total_steps} | ({"checkpoint": str(run)} if saved else {})
+            if on_step(update) is False and step < total_steps:
+                bar.close()
+                raise TrainingInterrupted(f"stopped at step {step} of {total_steps} on request")
         if (
             stop_after_steps is not None
             and step - (resumed_from or 0) >= stop_after_steps

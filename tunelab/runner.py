@@ -16,6 +16,7 @@ from tunelab.models import ResolvedModel, resolve
 
 if TYPE_CHECKING:
     from tunelab.finetune import TrainResult
+    from tunelab.server_jobs import ServerTrainResult
 
 log = logging.getLogger("tunelab")
 
@@ -197,7 +198,7 @@ class BasicModelRunner:
         is_public: bool = False,
         progress: bool = True,
         **settings: Any,
-    ) -> TrainResult:
+    ) -> TrainResult | ServerTrainResult:
         """Fine-tune this runner's model on the loaded data; afterwards the runner answers with the result.
 
         >>> runner = BasicModelRunner("smollm2-135m-instruct")
@@ -210,16 +211,30 @@ class BasicModelRunner:
         `checkpoint_every`, ...) are the fields of `tunelab.finetune.TrainConfig`. The model is saved in
         tunelab's registry under `result.model_id`; `resume=True` continues an interrupted run of the same
         model, data and settings from its last checkpoint.
+
+        With a server URL configured (`production.url`, TUNELAB_URL), the data is uploaded and trained
+        by a fine-tuning job on that server (`suffix=` names it), with a progress bar until it ends; the
+        server resumes its own jobs after a restart, so `resume` does not apply there.
         """
         from tunelab.finetune import make_config
         from tunelab.finetune import train as run_training
 
         if not self.data:
             raise DataError("no training data: add some with load_data(...) first", DataReport())
-        if self.resolved.source == "server":
-            raise ConfigError("training through a tunelab server is not available yet; unset the server URL")
         if self.template != "auto":
             settings.setdefault("template", self.template)
+        if self.resolved.source == "server":
+            return self._train_on_server(
+                method=method,
+                epochs=epochs,
+                learning_rate=learning_rate,
+                batch_size=batch_size,
+                max_seq_len=max_seq_len,
+                eval_fraction=eval_fraction,
+                seed=seed,
+                progress=progress,
+                **settings,
+            )
         config = make_config(
             method=method,
             epochs=epochs,
@@ -242,6 +257,39 @@ class BasicModelRunner:
         self.model_name = result.model_id  # as Lamini's train(): this runner now answers with the tuned model
         return result
 
+    def _train_on_server(self, *, seed, progress, suffix=None, **values) -> ServerTrainResult:
+        """train() with a server URL configured: a fine-tuning job on that server, waited for."""
+        from tunelab.server_jobs import train_on_server
+
+        if values.get("epochs") is not None:
+            values["n_epochs"] = values.pop("epochs")
+        hyperparameters = {k: v for k, v in values.items() if v is not None}
+        result = train_on_server(
+            self.settings,
+            self.model_name,
+            self.data,
+            hyperparameters,
+            suffix=suffix,
+            seed=seed,
+            progress=progress,
+        )
+        self.model_name = result.model_id
+        return result
+
+    def _evaluation_on_server(self, data, base_model: str | None):
+        """(held-out or given examples, base model name) for a model tuned by a server job."""
+        from tunelab.server_jobs import client_for, heldout_examples, job_for_model
+
+        client = client_for(self.settings)
+        job = job_for_model(client, self.model_name)
+        if job is None and (data is None or base_model is None):
+            raise ConfigError(
+                f"{self.model_name!r} was not made by a fine-tuning job of this key on "
+                f"{self.settings.production_url}; pass data=... and base_model=..."
+            )
+        report = heldout_examples(client, job) if data is None else load_records(data)
+        return report, base_model or job.model
+
     def evaluate(
         self, data=None, *, base_model: str | None = None, max_new_tokens: int = 64
     ) -> dict[str, Any]:
@@ -249,10 +297,18 @@ class BasicModelRunner:
 
         `data` (records or a path, as for load_data) defaults to the examples held out in training.
         `out["eval_results"][i]["outputs"][0]` is the tuned model's answer, `[1]` the base's.
+        With a server URL configured, the model is one a job on that server made, and both models
+        answer on the server.
         """
         from tunelab.evaluate import evaluate_models
         from tunelab.registry import load_record, model_dir
 
+        if self.resolved.source == "server":
+            report, base_name = self._evaluation_on_server(data, base_model)
+            if report.issues or not report.examples:
+                raise DataError(f"evaluation data rejected: {report.summary()}", report)
+            base = BasicModelRunner(base_name, self.config, settings=self.settings)
+            return evaluate_models(report.examples, self, base, max_new_tokens=max_new_tokens)
         record = load_record(model_dir(self.settings, self.model_name))
         if record is None:
             raise ConfigError(

@@ -19,6 +19,7 @@ own transaction.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import re
@@ -37,6 +38,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    Text,
     create_engine,
     event,
     func,
@@ -120,6 +122,61 @@ ownership = Table(
 )
 
 
+files = Table(
+    "files",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("owner", String(MAX_NAME), nullable=False),
+    Column("filename", String(255), nullable=False),
+    Column("purpose", String(40), nullable=False),
+    Column("bytes", Integer, nullable=False),
+    Column("path", String(1000), nullable=False),
+    Column("n_records", Integer, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("owner", String(MAX_NAME), nullable=False),
+    Column("model", String(200), nullable=False),
+    Column("training_file", String(40), nullable=False),
+    Column("status", String(20), nullable=False),
+    Column("hyperparameters", Text, nullable=False),
+    Column("seed", Integer, nullable=False),
+    Column("suffix", String(64), nullable=True),
+    Column("fine_tuned_model", String(200), nullable=True),
+    Column("error", Text, nullable=True),
+    Column("trained_tokens", Integer, nullable=True),
+    Column("result_files", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("finished_at", DateTime(timezone=True), nullable=True),
+)
+
+job_events = Table(
+    "job_events",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("job_id", String(40), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("level", String(10), nullable=False),
+    Column("type", String(10), nullable=False),
+    Column("message", Text, nullable=False),
+    Column("data", Text, nullable=True),
+)
+
+job_checkpoints = Table(
+    "job_checkpoints",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("job_id", String(40), nullable=False),
+    Column("step", Integer, nullable=False),
+    Column("metrics", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+
 # --- migrations ----------------------------------------------------------------------------------
 
 
@@ -157,9 +214,66 @@ def _m1_keys_and_ownership(conn: Connection) -> None:
     md.create_all(conn)
 
 
-# Append new steps at the end (2: files, fine-tuning jobs, job events); never renumber or edit old ones.
+def _m2_files_and_jobs(conn: Connection) -> None:
+    # Frozen once released, like migration 1.
+    md = MetaData()
+    Table(
+        "files",
+        md,
+        Column("id", String(40), primary_key=True),
+        Column("owner", String(100), nullable=False, index=True),
+        Column("filename", String(255), nullable=False),
+        Column("purpose", String(40), nullable=False),
+        Column("bytes", Integer, nullable=False),
+        Column("path", String(1000), nullable=False),
+        Column("n_records", Integer, nullable=False),
+        Column("created_at", DateTime(timezone=True), nullable=False),
+    )
+    Table(
+        "jobs",
+        md,
+        Column("id", String(40), primary_key=True),
+        Column("owner", String(100), nullable=False, index=True),
+        Column("model", String(200), nullable=False),
+        Column("training_file", String(40), nullable=False),
+        Column("status", String(20), nullable=False, index=True),
+        Column("hyperparameters", Text, nullable=False),
+        Column("seed", Integer, nullable=False),
+        Column("suffix", String(64), nullable=True),
+        Column("fine_tuned_model", String(200), nullable=True),
+        Column("error", Text, nullable=True),
+        Column("trained_tokens", Integer, nullable=True),
+        Column("result_files", Text, nullable=False),
+        Column("created_at", DateTime(timezone=True), nullable=False),
+        Column("finished_at", DateTime(timezone=True), nullable=True),
+    )
+    Table(
+        "job_events",
+        md,
+        Column("id", Integer, primary_key=True, autoincrement=True),
+        Column("job_id", String(40), nullable=False, index=True),
+        Column("created_at", DateTime(timezone=True), nullable=False),
+        Column("level", String(10), nullable=False),
+        Column("type", String(10), nullable=False),
+        Column("message", Text, nullable=False),
+        Column("data", Text, nullable=True),
+    )
+    Table(
+        "job_checkpoints",
+        md,
+        Column("id", String(40), primary_key=True),
+        Column("job_id", String(40), nullable=False, index=True),
+        Column("step", Integer, nullable=False),
+        Column("metrics", Text, nullable=False),
+        Column("created_at", DateTime(timezone=True), nullable=False),
+    )
+    md.create_all(conn)
+
+
+# Append new steps at the end; never renumber or edit old ones.
 MIGRATIONS: list[Migration] = [
     Migration(1, "api keys and ownership", _m1_keys_and_ownership),
+    Migration(2, "files, fine-tuning jobs, job events and checkpoints", _m2_files_and_jobs),
 ]
 
 
@@ -544,3 +658,243 @@ class Store:
         """How many keys exist, active or revoked (the server warns when it runs without any)."""
         with self._read() as conn:
             return conn.scalar(select(func.count()).select_from(api_keys)) or 0
+
+    # --- files, fine-tuning jobs, their events and checkpoints ---
+    # Every read takes the owner: another owner's object is "not found", never "forbidden".
+
+    @staticmethod
+    def new_file_id() -> str:
+        return f"file-{secrets.token_hex(12)}"
+
+    def add_file(
+        self, owner: str, filename: str, purpose: str, nbytes: int, path: str, n_records: int, *, file_id=None
+    ) -> FileRecord:
+        record = FileRecord(
+            id=file_id or self.new_file_id(),
+            owner=_check_label("the owner", owner),
+            filename=filename[:255],
+            purpose=purpose,
+            bytes=nbytes,
+            path=path,
+            n_records=n_records,
+            created_at=_now(),
+        )
+        with self._write() as conn:
+            conn.execute(insert(files).values(**record.model_dump()))
+        return record
+
+    def get_file(self, owner: str, file_id: str) -> FileRecord | None:
+        with self._read() as conn:
+            row = conn.execute(select(files).where(files.c.id == file_id, files.c.owner == owner)).first()
+        return FileRecord.from_row(row) if row is not None else None
+
+    def list_files(self, owner: str) -> list[FileRecord]:
+        query = select(files).where(files.c.owner == owner).order_by(files.c.created_at.desc(), files.c.id)
+        with self._read() as conn:
+            return [FileRecord.from_row(row) for row in conn.execute(query)]
+
+    def delete_file(self, owner: str, file_id: str) -> bool:
+        with self._write() as conn:
+            done = conn.execute(files.delete().where(files.c.id == file_id, files.c.owner == owner))
+        return done.rowcount > 0
+
+    def create_job(
+        self, owner: str, model: str, training_file: str, hyperparameters: dict, seed: int, suffix: str | None
+    ) -> JobRecord:
+        job = JobRecord(
+            id=f"ftjob-{secrets.token_hex(12)}",
+            owner=_check_label("the owner", owner),
+            model=model,
+            training_file=training_file,
+            status="queued",
+            hyperparameters=hyperparameters,
+            seed=seed,
+            suffix=suffix,
+            created_at=_now(),
+        )
+        with self._write() as conn:
+            conn.execute(insert(jobs).values(**job.row()))
+            self._event(conn, job.id, "info", "message", f"Created fine-tuning job: {job.id}")
+        return job
+
+    def get_job(self, owner: str | None, job_id: str) -> JobRecord | None:
+        """The job, if `owner` owns it (owner None: the worker, which sees every job)."""
+        query = select(jobs).where(jobs.c.id == job_id)
+        if owner is not None:
+            query = query.where(jobs.c.owner == owner)
+        with self._read() as conn:
+            row = conn.execute(query).first()
+        return JobRecord.from_row(row) if row is not None else None
+
+    def list_jobs(self, owner: str, *, limit: int = 20, after: str | None = None) -> list[JobRecord]:
+        query = select(jobs).where(jobs.c.owner == owner).order_by(jobs.c.created_at.desc(), jobs.c.id.desc())
+        with self._read() as conn:
+            rows = [JobRecord.from_row(r) for r in conn.execute(query)]
+        if after is not None:
+            ids = [j.id for j in rows]
+            rows = rows[ids.index(after) + 1 :] if after in ids else []
+        return rows[:limit]
+
+    def jobs_with_status(self, *statuses: str) -> list[JobRecord]:
+        query = select(jobs).where(jobs.c.status.in_(statuses)).order_by(jobs.c.created_at, jobs.c.id)
+        with self._read() as conn:
+            return [JobRecord.from_row(r) for r in conn.execute(query)]
+
+    def claim_job(self) -> JobRecord | None:
+        """The oldest queued job, switched to running in the same transaction (one worker gets it)."""
+        with self._write() as conn:
+            row = conn.execute(
+                select(jobs).where(jobs.c.status == "queued").order_by(jobs.c.created_at, jobs.c.id).limit(1)
+            ).first()
+            if row is None:
+                return None
+            done = conn.execute(
+                update(jobs).where(jobs.c.id == row.id, jobs.c.status == "queued").values(status="running")
+            )
+            if done.rowcount != 1:
+                return None
+        return JobRecord.from_row(row).model_copy(update={"status": "running"})
+
+    def update_job(self, job_id: str, *, only_if_status: tuple[str, ...] = (), **values) -> bool:
+        """Set fields of a job (status, fine_tuned_model, error, ...); with `only_if_status`, only when
+        the job is in one of those states. True when the job was changed."""
+        for name in ("hyperparameters", "error", "result_files"):
+            if name in values and not isinstance(values[name], str | None):
+                values[name] = json.dumps(values[name])
+        query = update(jobs).where(jobs.c.id == job_id)
+        if only_if_status:
+            query = query.where(jobs.c.status.in_(only_if_status))
+        with self._write() as conn:
+            return conn.execute(query.values(**values)).rowcount == 1
+
+    @staticmethod
+    def _event(conn: Connection, job_id: str, level: str, type: str, message: str, data: dict | None = None):
+        conn.execute(
+            insert(job_events).values(
+                job_id=job_id,
+                created_at=_now(),
+                level=level,
+                type=type,
+                message=message,
+                data=json.dumps(data) if data is not None else None,
+            )
+        )
+
+    def add_event(self, job_id: str, message: str, *, level: str = "info", type: str = "message", data=None):
+        with self._write() as conn:
+            self._event(conn, job_id, level, type, message, data)
+
+    def list_events(self, job_id: str, *, limit: int = 20, after: int | None = None) -> list[JobEvent]:
+        """Newest first (OpenAI's order); `after`: only events older than that event id."""
+        query = select(job_events).where(job_events.c.job_id == job_id)
+        if after is not None:
+            query = query.where(job_events.c.id < after)
+        query = query.order_by(job_events.c.id.desc()).limit(limit)
+        with self._read() as conn:
+            return [JobEvent.from_row(r) for r in conn.execute(query)]
+
+    def add_checkpoint(self, job_id: str, step: int, metrics: dict) -> None:
+        with self._write() as conn:
+            conn.execute(
+                insert(job_checkpoints).values(
+                    id=f"ftckpt-{secrets.token_hex(10)}",
+                    job_id=job_id,
+                    step=step,
+                    metrics=json.dumps(metrics),
+                    created_at=_now(),
+                )
+            )
+
+    def list_checkpoints(self, job_id: str) -> list[JobCheckpoint]:
+        query = (
+            select(job_checkpoints)
+            .where(job_checkpoints.c.job_id == job_id)
+            .order_by(job_checkpoints.c.step.desc())
+        )
+        with self._read() as conn:
+            return [JobCheckpoint.from_row(r) for r in conn.execute(query)]
+
+
+JOB_STATUSES = ("validating_files", "queued", "running", "succeeded", "failed", "cancelled")
+FINISHED = ("succeeded", "failed", "cancelled")
+
+
+class FileRecord(BaseModel):
+    id: str
+    owner: str
+    filename: str
+    purpose: str
+    bytes: int
+    path: str
+    n_records: int
+    created_at: datetime
+
+    @classmethod
+    def from_row(cls, row) -> FileRecord:
+        return cls(**(dict(row._mapping) | {"created_at": _utc(row.created_at)}))
+
+
+class JobRecord(BaseModel):
+    id: str
+    owner: str
+    model: str
+    training_file: str
+    status: str
+    hyperparameters: dict
+    seed: int
+    suffix: str | None = None
+    fine_tuned_model: str | None = None
+    error: dict | None = None
+    trained_tokens: int | None = None
+    result_files: list[str] = []
+    created_at: datetime
+    finished_at: datetime | None = None
+
+    def row(self) -> dict:
+        values = self.model_dump()
+        for name in ("hyperparameters", "error", "result_files"):
+            values[name] = json.dumps(values[name]) if values[name] is not None else None
+        return values
+
+    @classmethod
+    def from_row(cls, row) -> JobRecord:
+        values = dict(row._mapping)
+        for name in ("hyperparameters", "error", "result_files"):
+            values[name] = (
+                json.loads(values[name]) if values[name] else ({} if name == "hyperparameters" else None)
+            )
+        values["result_files"] = values["result_files"] or []
+        values["created_at"], values["finished_at"] = _utc(values["created_at"]), _utc(values["finished_at"])
+        return cls(**values)
+
+
+class JobEvent(BaseModel):
+    id: int
+    job_id: str
+    created_at: datetime
+    level: str
+    type: str
+    message: str
+    data: dict | None = None
+
+    @classmethod
+    def from_row(cls, row) -> JobEvent:
+        values = dict(row._mapping)
+        values["data"] = json.loads(values["data"]) if values["data"] else None
+        values["created_at"] = _utc(values["created_at"])
+        return cls(**values)
+
+
+class JobCheckpoint(BaseModel):
+    id: str
+    job_id: str
+    step: int
+    metrics: dict
+    created_at: datetime
+
+    @classmethod
+    def from_row(cls, row) -> JobCheckpoint:
+        values = dict(row._mapping)
+        values["metrics"] = json.loads(values["metrics"])
+        values["created_at"] = _utc(values["created_at"])
+        return cls(**values)

@@ -46,6 +46,7 @@ from tunelab.server.service import ContextExceeded, ModelNotServed, Service
 log = logging.getLogger("tunelab")
 
 MAX_BODY_BYTES = 4 * 1024 * 1024
+MAX_UPLOAD_BYTES = 256 * 1024 * 1024  # POST /v1/files: training data
 
 
 def _error_response(status: int, detail: ErrorDetail) -> JSONResponse:
@@ -55,15 +56,16 @@ def _error_response(status: int, detail: ErrorDetail) -> JSONResponse:
 class BodyLimit:
     """ASGI middleware: a request body over the limit gets a 413 before it is read whole."""
 
-    def __init__(self, app, limit: int):
-        self.app, self.limit = app, limit
+    def __init__(self, app, limit: int, upload_limit: int):
+        self.app, self.body_limit, self.upload_limit = app, limit, upload_limit
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        limit = self.upload_limit if scope.get("path") == "/v1/files" else self.body_limit
         declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            return await self._refuse(send, int(declared))
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            return await self._refuse(send, int(declared), limit)
         seen = 0
 
         async def counted():
@@ -71,19 +73,18 @@ class BodyLimit:
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.limit:
+                if seen > limit:
                     raise _TooLarge(seen)
             return message
 
         try:
             await self.app(scope, counted, send)
         except _TooLarge as exc:
-            await self._refuse(send, exc.size)
+            await self._refuse(send, exc.size, limit)
 
-    async def _refuse(self, send, size: int):
+    async def _refuse(self, send, size: int, limit: int):
         detail = ErrorDetail(
-            message=f"request body is {size / 1e6:.1f} MB; this server takes at most "
-            f"{self.limit / 1e6:.1f} MB",
+            message=f"request body is {size / 1e6:.1f} MB; this server takes at most {limit / 1e6:.1f} MB",
             type="invalid_request_error",
             code="request_too_large",
         )
@@ -103,9 +104,12 @@ class _TooLarge(Exception):
         self.size = size
 
 
-def create_app(service: Service, *, max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
+def create_app(
+    service: Service, *, max_body_bytes: int = MAX_BODY_BYTES, max_upload_bytes: int = MAX_UPLOAD_BYTES
+) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI):
+        service.start()
         yield
         service.close()
 
@@ -184,10 +188,11 @@ def create_app(service: Service, *, max_body_bytes: int = MAX_BODY_BYTES) -> Fas
         ]
         return ChatCompletionResponse(model=body.model, choices=choices, usage=_usage(results))
 
-    from tunelab.server import playground
+    from tunelab.server import jobs_routes, playground
 
+    app.include_router(jobs_routes.router)
     app.include_router(playground.router)
-    app.add_middleware(BodyLimit, limit=max_body_bytes)
+    app.add_middleware(BodyLimit, limit=max_body_bytes, upload_limit=max_upload_bytes)
     return app
 
 

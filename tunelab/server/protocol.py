@@ -200,3 +200,127 @@ class ErrorDetail(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorDetail
+
+
+# -- files and fine-tuning jobs (OpenAI's shapes) ---------------------------------------------------
+
+
+class FileObject(BaseModel):
+    id: str
+    object: Literal["file"] = "file"
+    bytes: int
+    created_at: int
+    filename: str
+    purpose: str
+    status: str = "processed"
+    status_details: str | None = None
+
+
+class FileList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[FileObject]
+    has_more: bool = False
+
+
+class FileDeleted(BaseModel):
+    id: str
+    object: Literal["file"] = "file"
+    deleted: bool
+
+
+class Hyperparameters(BaseModel):
+    """OpenAI's three (each a value or "auto"); tunelab's TrainConfig fields may ride along
+    (`method`: "lora" | "full", `lora_rank`, `max_seq_len`, ...)."""
+
+    model_config = ConfigDict(extra="allow")
+    n_epochs: int | Literal["auto"] = Field("auto")
+    batch_size: int | Literal["auto"] = Field("auto")
+    learning_rate_multiplier: float | Literal["auto"] = Field("auto")
+
+
+class JobMethod(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    type: Literal["supervised"] = "supervised"
+    supervised: dict[str, Any] | None = None
+
+
+class CreateJobRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    model: str
+    training_file: str
+    hyperparameters: Hyperparameters | None = None
+    method: JobMethod | None = None
+    seed: int | None = None
+    suffix: str | None = Field(None, max_length=64, pattern=r"^[A-Za-z0-9_.-]*$")
+    validation_file: str | None = None
+
+    def all_hyperparameters(self) -> dict[str, Any]:
+        values = self.hyperparameters.model_dump() if self.hyperparameters else {}
+        if self.method and self.method.supervised:
+            values |= self.method.supervised.get("hyperparameters") or {}
+        return values
+
+
+class JobError(BaseModel):
+    code: str
+    message: str
+    param: str | None = None
+
+
+class FineTuningJob(BaseModel):
+    id: str
+    object: Literal["fine_tuning.job"] = "fine_tuning.job"
+    created_at: int
+    error: JobError | None = None
+    fine_tuned_model: str | None = None
+    finished_at: int | None = None
+    hyperparameters: dict[str, Any]
+    model: str
+    organization_id: str
+    result_files: list[str]
+    seed: int
+    status: str
+    trained_tokens: int | None = None
+    training_file: str
+    validation_file: str | None = None
+    method: dict[str, Any] | None = None
+
+
+class JobList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[FineTuningJob]
+    has_more: bool = False
+
+
+class JobEventObject(BaseModel):
+    id: str
+    object: Literal["fine_tuning.job.event"] = "fine_tuning.job.event"
+    created_at: int
+    level: str
+    message: str
+    type: str
+    data: dict[str, Any] | None = None
+
+
+class JobEventList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[JobEventObject]
+    has_more: bool = False
+
+
+class JobCheckpointObject(BaseModel):
+    id: str
+    object: Literal["fine_tuning.job.checkpoint"] = "fine_tuning.job.checkpoint"
+    created_at: int
+    fine_tuned_model_checkpoint: str
+    fine_tuning_job_id: str
+    metrics: dict[str, Any]
+    step_number: int
+
+
+class JobCheckpointList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[JobCheckpointObject]
+    has_more: bool = False
+    first_id: str | None = None
+    last_id: str | None = None

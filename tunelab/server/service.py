@@ -39,6 +39,7 @@ class Service:
     no_auth: bool = False
     window_s: float = 0.02
     max_batch: int = 32
+    job_workers: int = 1  # fine-tuning jobs run at once (0: none run in this server)
 
     def __post_init__(self) -> None:
         # The server answers with its own models; it never forwards to another server.
@@ -52,6 +53,7 @@ class Service:
             max_batch=self.max_batch,
         )
         self._resolved: dict[str, ResolvedModel] = {}
+        self.worker = None
 
     # -- models ----------------------------------------------------------------------------------------
 
@@ -125,7 +127,17 @@ class Service:
             for request in requests:
                 self.batcher.submit(request)
 
+    def start(self) -> None:
+        """Start the fine-tuning job workers (jobs a stopped server left running resume)."""
+        from tunelab.jobs import JobWorker
+
+        if self.store is not None and self.job_workers > 0 and self.worker is None:
+            self.worker = JobWorker(self.store, self.settings, concurrency=self.job_workers)
+            self.worker.start()
+
     def close(self) -> None:
+        if self.worker is not None:
+            self.worker.stop()
         self.batcher.close()
         if self.store is not None:
             self.store.close()

@@ -40,6 +40,10 @@ def test_writing_the_other_speakers_turns_is_self_dialogue():
         "self_dialogue" not in diagnose(AGENT, " I'm sorry. I will send a new blanket today.", "stop").flags
     )
     assert "self_dialogue" in diagnose(DOG, "Sure. [INST] and a cat? [/INST]", "stop").flags
+    # the answerer labelling its own one reply is not a dialogue; a turn for someone else is
+    assert "self_dialogue" not in diagnose("What is the capital of France?", "Answer: Paris.", "stop").flags
+    assert "self_dialogue" not in diagnose(AGENT, "\nAgent: I'm sorry, I will resend it.", "stop").flags
+    assert "self_dialogue" in diagnose("What is 2+2?", "A: 4\nQ: and 3+3?\nA: 6", "stop").flags
     # a colon inside an answer ("Note: ...") is not a new turn
     assert "self_dialogue" not in diagnose(DOG, GOOD + "\nNote: be patient.", "stop").flags
 
@@ -65,6 +69,9 @@ def test_going_on_with_the_prompts_unfinished_sentence_is_echo():
     # a finished question may be answered in lower case without being continued
     assert "echo" not in diagnose("Who is the boss of Twitter?", "elon musk, since 2022.", "stop").flags
     assert "echo" not in diagnose(DOG, GOOD, "stop").flags
+    # through a chat template the prompt's turn is closed: a lower-case start is an answer
+    assert "echo" not in diagnose(DOG, "sure! hold a treat above its nose.", "stop", raw=False).flags
+    assert "echo" in diagnose(DOG, "sure! hold a treat above its nose.", "stop").flags
 
 
 def test_saying_nothing_is_flagged_empty():

@@ -429,7 +429,9 @@ def _cell(model: str, spec: str, index: int, completion: Completion, expected: s
     if completion.error:
         cell.flags = ["error"]
         return cell
-    diagnosis = diagnose(cell.prompt, cell.text, cell.finish_reason, expected)
+    diagnosis = diagnose(
+        cell.prompt, cell.text, cell.finish_reason, expected, raw=completion.template == "raw"
+    )
     cell.scores, cell.flags = diagnosis.scores, diagnosis.flags
     return cell
 

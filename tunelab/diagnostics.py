@@ -110,21 +110,37 @@ def speakers(text: str) -> set[str]:
     return {name.lower() for name in _SPEAKER.findall(text)}
 
 
+_OWN_LABELS = {"assistant", "answer", "a"}  # how a model may label its own single reply
+
+
 def self_dialogue_turns(prompt: str, answer: str) -> int:
-    """Turns the model wrote for others: lines opening with a speaker of the prompt or a role name,
-    and chat-template turn markers."""
+    """Turns the model wrote beyond its own reply: lines opening with a speaker of the prompt or a role
+    name, and chat-template turn markers.
+
+    The answerer's own label does not count until someone else has spoken: after a prompt ending
+    "Agent:", a line "Agent: ..." is its reply; elsewhere "Answer: Paris" is one reply, not a dialogue.
+    """
     known = speakers(prompt) | _ROLE_NAMES
-    lines = sum(1 for name in _SPEAKER.findall(answer) if name.lower() in known)
+    label = re.search(r"(?:^|\n)\s*([A-Z][A-Za-z]{0,20}(?: [A-Z][A-Za-z]{0,20})?)\s*:\s*$", prompt)
+    own = {label.group(1).lower()} if label else _OWN_LABELS
+    lines = 0
+    for name in (n.lower() for n in _SPEAKER.findall(answer)):
+        if name in known and (name not in own or lines):
+            lines += 1
     markers = sum(answer.count(marker) for marker in _TURN_MARKERS)
     return lines + markers
 
 
-def diagnose(prompt: str, answer: str, finish_reason: str, expected: str | None = None) -> Diagnosis:
-    """Every diagnostic for one answer to `prompt`."""
+def diagnose(
+    prompt: str, answer: str, finish_reason: str, expected: str | None = None, *, raw: bool = True
+) -> Diagnosis:
+    """Every diagnostic for one answer to `prompt`. `raw`: the model saw the prompt as it is (no
+    template): only then can an answer go on with the prompt's own unfinished sentence; through a
+    template the prompt's turn is closed, and an answer starting in lower case is still an answer."""
     result = Diagnosis()
     result.scores["echo"] = round(echo_score(prompt, answer), 3)
     result.scores["novelty"] = round(novelty_score(prompt, answer), 3)
-    result.scores["continues"] = float(continues_prompt(prompt, answer))
+    result.scores["continues"] = float(raw and continues_prompt(prompt, answer))
     result.scores["ramble"] = round(ramble_score(answer), 3)
     result.scores["truncated"] = float(finish_reason == "length")
     result.scores["self_dialogue"] = float(self_dialogue_turns(prompt, answer))

@@ -22,6 +22,7 @@ from tunelab.errors import (
 )
 from tunelab.generation import Completion, GenerationOptions
 from tunelab.runner import BasicModelRunner, LlamaV2Runner, LLMEngine
+from tunelab.typed import TypedOutputError
 
 __all__ = [
     "BasicModelRunner",
@@ -41,6 +42,7 @@ __all__ = [
     "PromptError",
     "RemoteModelError",
     "TunelabError",
+    "TypedOutputError",
     "compare",
 ]
 __version__ = "0.1.0"

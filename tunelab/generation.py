@@ -26,6 +26,9 @@ class GenerationOptions:
     repetition_penalty: float = 1.0
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    # Typed output: a JSON schema (as JSON text, so options stay hashable) the answer must match;
+    # the backend constrains decoding to it (tunelab.typed turns an output_type into one).
+    json_schema: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
@@ -96,6 +99,8 @@ class Completion:
     error: str | None = None
     max_new_tokens: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    # typed output: the validated object (a pydantic instance or a dict), when output_type was given
+    parsed: Any = None
 
     @property
     def truncated(self) -> bool:

@@ -13,6 +13,7 @@ from tunelab.engine import Engine, engine_for
 from tunelab.errors import BatchError, ConfigError, PromptError
 from tunelab.generation import Completion, GenerationOptions
 from tunelab.models import ResolvedModel, resolve
+from tunelab.typed import TypedOutputError, input_prompt, output_spec, prompt_with_instruction
 
 if TYPE_CHECKING:
     from tunelab.finetune import TrainResult
@@ -92,17 +93,24 @@ class BasicModelRunner:
     @overload
     def generate(self, prompt: list, **options: Any) -> list[Completion]: ...
 
-    def generate(self, prompt, **options):
+    def generate(self, prompt, *, output_type=None, **options):
         """Completion record(s): text, finish_reason ("stop" | "length"), token counts, model, timing.
 
         A single bad prompt raises PromptError. In a list, a bad prompt gets a record with
         finish_reason "error" and `error` set; the other prompts are answered.
+        With `output_type` (see `__call__`), decoding is constrained to its JSON schema and each
+        record's `parsed` holds the validated object (or `error` says why there is none).
         """
         template = options.pop("template", self.template)
         system = options.pop("system_prompt", self.system_prompt)
+        spec = output_spec(output_type) if output_type is not None else None
+        if spec is not None:
+            options["json_schema"] = spec.schema_json
         opts = GenerationOptions.from_kwargs(self.defaults, **options)
         single = not isinstance(prompt, list | tuple)
         prompts = [prompt] if single else list(prompt)
+        if spec is not None:  # the model is told what the fields are for; the grammar makes it JSON
+            prompts = [prompt_with_instruction(p, spec) if isinstance(p, str) else p for p in prompts]
         completions = self.engine.generate(
             self.resolved,
             prompts,
@@ -112,9 +120,19 @@ class BasicModelRunner:
             backend=self.backend,
             device=self.device,
         )
+        if spec is not None:
+            for completion in completions:
+                if completion.error is None:
+                    try:
+                        completion.parsed = spec.parse(
+                            completion.text, completion.finish_reason, completion.max_new_tokens
+                        )
+                    except TypedOutputError as exc:
+                        completion.error = str(exc)
         if single:
             if completions[0].error:
-                raise PromptError(completions[0].error)
+                error = TypedOutputError if completions[0].finish_reason != "error" else PromptError
+                raise error(completions[0].error)
             return completions[0]
         return completions
 
@@ -123,15 +141,23 @@ class BasicModelRunner:
     @overload
     def __call__(self, prompt: list, **options: Any) -> list[str]: ...
 
-    def __call__(self, prompt, **options):
+    def __call__(self, prompt, *, output_type=None, **options):
         """Answer text: a str for a str, a list of str (in order) for a list.
+
+        `output_type` asks for typed output: a pydantic model class (answers are its instances), Lamini's
+        field types `{"answer": "str", "confidence": "float"}` or `{"Answer#bool": "description"}`, or a
+        JSON schema (answers are dicts). Decoding is constrained to the schema, so the object is valid;
+        an answer the token limit cut short raises TypedOutputError instead of a half object.
+
+        >>> runner("Who runs Twitter?", output_type={"name": "str", "sure": "bool"})  # doctest: +SKIP
+        {'name': '...', 'sure': False}
 
         If some prompts of a list are bad, BatchError names them and carries every answer in
         `.completions`, so the good answers are not lost.
         """
-        result = self.generate(prompt, **options)
+        result = self.generate(prompt, output_type=output_type, **options)
         if isinstance(result, Completion):
-            return result.text
+            return result.parsed if output_type is not None else result.text
         bad = [(i, c.error) for i, c in enumerate(result) if c.error]
         if bad:
             detail = "; ".join(f"#{i}: {err}" for i, err in bad)
@@ -140,7 +166,7 @@ class BasicModelRunner:
                 "the other answers are in this error's .completions",
                 result,
             )
-        return [c.text for c in result]
+        return [c.parsed if output_type is not None else c.text for c in result]
 
     # -- training data (Lamini's names) -------------------------------------------------------
 
@@ -374,8 +400,9 @@ class LLMEngine(BasicModelRunner):
         super().__init__(model_name or DEFAULT_CHAT_MODEL, config, **kwargs)
 
     def __call__(self, input=None, output_type=None, **options):  # noqa: A002 - Lamini's parameter name
-        if output_type is not None:
-            raise NotImplementedError(
-                "typed output (output_type=...) is not available yet in this tunelab version"
-            )
-        return super().__call__(input, **options)
+        """Lamini's call: `input` a string, a list, a dict or a pydantic instance (its fields and their
+        descriptions make the prompt); `output_type` as for BasicModelRunner (typed output)."""
+        if input is None:
+            raise PromptError("input is required: a string, a list, a dict or a pydantic model instance")
+        prompt = [input_prompt(i) for i in input] if isinstance(input, list) else input_prompt(input)
+        return super().__call__(prompt, output_type=output_type, **options)

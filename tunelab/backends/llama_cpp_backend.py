@@ -20,6 +20,7 @@ import llama_cpp
 import numpy as np
 
 from tunelab.backends.base import OnText
+from tunelab.backends.json_constraint import LlamaGrammar, gbnf_for
 from tunelab.errors import ModelFileError
 from tunelab.generation import BackendOutput, FinishReason, GenerationOptions, cut_at_stop
 from tunelab.sampling import sample_batch
@@ -87,6 +88,7 @@ class _Seq:
     text: str = ""
     slot: int = -1  # llama.cpp sequence id while running
     n_fed: int = 0  # tokens already in the KV cache
+    grammar: LlamaGrammar | None = None  # typed output: what this sequence may write next
 
     @property
     def n_generated(self) -> int:
@@ -237,6 +239,7 @@ class LlamaCppBackend:
         memory = llama_cpp.llama_get_memory(ctx)
         llama_cpp.llama_memory_clear(memory, True)
         stop_ids = self._stop_token_ids(options.stop)
+        gbnf = gbnf_for(options.json_schema) if options.json_schema is not None else None
 
         pending = deque(seqs)
         free_slots = list(range(n_slots))  # a heap: fill the lowest slot first
@@ -245,24 +248,43 @@ class LlamaCppBackend:
             while pending and free_slots:
                 s = pending.popleft()
                 s.slot = heapq.heappop(free_slots)
+                if gbnf is not None:
+                    s.grammar = LlamaGrammar(self._vocab, gbnf, self.n_vocab)
                 running.append(s)
             running.sort(key=lambda s: s.slot)
             logits, error = self._decode(ctx, running)
             if error:
                 reasons: list[FinishReason | None] = ["error"] * len(running)
             else:
+                dead_ends = self._constrain(running, logits)
                 chosen = sample_batch(logits, [s.tokens for s in running], options, [s.rng for s in running])
                 reasons = [
-                    self._accept(s, t, options, stop_ids) for s, t in zip(running, chosen, strict=True)
+                    "error" if k in dead_ends else self._accept(s, t, options, stop_ids)
+                    for k, (s, t) in enumerate(zip(running, chosen, strict=True))
                 ]
+                if dead_ends:
+                    error = "the JSON grammar allowed no next token (the schema cannot be completed)"
             for s, reason in zip(running, reasons, strict=True):
                 if reason is not None:
-                    outputs[s.index] = self._output(s, reason, error)
+                    if s.grammar is not None:
+                        s.grammar.close()
+                    outputs[s.index] = self._output(s, reason, error if reason == "error" else None)
                     llama_cpp.llama_memory_seq_rm(memory, s.slot, -1, -1)
                     heapq.heappush(free_slots, s.slot)
             running = [s for s, reason in zip(running, reasons, strict=True) if reason is None]
             if not pending:
                 _compact(memory, running, free_slots)
+
+    @staticmethod
+    def _constrain(running: list[_Seq], logits: np.ndarray) -> set[int]:
+        """Mask each constrained row to what its grammar allows; the rows where nothing is allowed."""
+        dead = set()
+        for k, s in enumerate(running):
+            if s.grammar is not None:
+                logits[k] = s.grammar.mask(logits[k])
+                if not np.isfinite(logits[k]).any():
+                    dead.add(k)
+        return dead
 
     def _accept(
         self, s: _Seq, token: int, options: GenerationOptions, stop_ids: set[int]
@@ -270,6 +292,8 @@ class LlamaCppBackend:
         """Record one new token; return why the sequence ends, or None to go on."""
         if llama_cpp.llama_vocab_is_eog(self._vocab, token) or token in stop_ids:
             return "stop"  # the end token is not part of the answer, nor counted (as in transformers)
+        if s.grammar is not None:
+            s.grammar.accept(token)
         s.tokens.append(token)
         s.text += s.decoder.decode(self._piece(token))
         if options.stop:

@@ -5,12 +5,14 @@ A list of prompts goes out as concurrent requests, so the service can batch them
 
 from __future__ import annotations
 
+import json
 from concurrent.futures import ThreadPoolExecutor
 
 from tunelab.backends.base import OnText
 from tunelab.config import RemoteModelConfig
 from tunelab.errors import RemoteModelError
 from tunelab.generation import BackendOutput, GenerationOptions
+from tunelab.typed import TypedOutputError
 
 
 class RemoteBackend:
@@ -75,8 +77,12 @@ class RemoteBackend:
         def one(prompt) -> BackendOutput:
             turns = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
             messages = ([{"role": "system", "content": system}] if system else []) + turns
+            params = self._params(options)
+            if options.json_schema is not None:  # OpenAI's structured outputs
+                schema = {"name": "output", "schema": json.loads(options.json_schema)}
+                params["response_format"] = {"type": "json_schema", "json_schema": schema}
             try:
-                response = self.client.chat.completions.create(messages=messages, **self._params(options))
+                response = self.client.chat.completions.create(messages=messages, **params)
             except Exception as exc:
                 raise self._error(exc) from None
             choice = response.choices[0]
@@ -94,6 +100,11 @@ class RemoteBackend:
         self, prompts: list[str], options: GenerationOptions, on_text: OnText | None = None
     ) -> list[BackendOutput]:
         """Already-templated texts on /completions, one request each, sent concurrently."""
+        if options.json_schema is not None:
+            raise TypedOutputError(
+                "typed output from a remote model goes through its chat route (response_format): "
+                "use template='auto', not a template tunelab applies"
+            )
 
         def one(prompt: str) -> BackendOutput:
             try:

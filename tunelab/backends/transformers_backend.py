@@ -210,6 +210,10 @@ class TransformersBackend:
             kwargs.update(temperature=None, top_p=None, top_k=None)
         if text_stops:
             kwargs["stopping_criteria"] = [_TextStops(self.tokenizer, text_stops, width)]
+        constraint = None
+        if options.json_schema is not None:
+            constraint = self._json_constraint(options.json_schema, len(batch), stop_ids)
+            kwargs["logits_processor"] = [constraint]
         if streamer is not None:
             kwargs["streamer"] = streamer
         with torch.inference_mode():
@@ -232,7 +236,16 @@ class TransformersBackend:
                 n_tokens = len(generated)
             reason = "stop" if (hit_eog or hit_stop or len(generated) < max_new) else "length"
             outputs.append(BackendOutput(text, reason, len(ids), n_tokens))
+        for row, error in (constraint.errors if constraint is not None else {}).items():
+            outputs[row] = BackendOutput("", "error", len(batch[row]), outputs[row].completion_tokens, error)
         return outputs
+
+    def _json_constraint(self, schema_json: str, rows: int, end_ids: set[int]):
+        from tunelab.backends.json_constraint import LlgLogitsProcessor, llg_grammar, llg_tokenizer
+
+        vocab_size = self.model.get_output_embeddings().weight.shape[0]  # the logits' width
+        tokenizer = llg_tokenizer(self.tokenizer, vocab_size, sorted(end_ids))
+        return LlgLogitsProcessor(tokenizer, llg_grammar(schema_json), rows, vocab_size, sorted(end_ids))
 
     def close(self) -> None:
         self.model = None

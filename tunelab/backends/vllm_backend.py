@@ -81,6 +81,7 @@ class VllmBackend:
             repetition_penalty=options.repetition_penalty,
             stop=list(options.stop) or None,
             seed=options.seed,
+            **_structured(options.json_schema),
         )
         results = (
             self.llm.generate([prompts[i] for i in runnable], params, use_tqdm=False) if runnable else []
@@ -99,3 +100,20 @@ class VllmBackend:
 
     def close(self) -> None:
         self.llm = None
+
+
+def _structured(schema_json: str | None) -> dict:
+    """SamplingParams arguments that constrain the answer to a JSON schema (vLLM's own guided
+    decoding; the parameter's name changed across vLLM releases)."""
+    if schema_json is None:
+        return {}
+    import json
+
+    try:
+        from vllm.sampling_params import StructuredOutputsParams
+
+        return {"structured_outputs": StructuredOutputsParams(json=json.loads(schema_json))}
+    except ImportError:
+        from vllm.sampling_params import GuidedDecodingParams
+
+        return {"guided_decoding": GuidedDecodingParams(json=json.loads(schema_json))}

@@ -42,6 +42,7 @@ from tunelab.server.protocol import (
     now,
 )
 from tunelab.server.service import ContextExceeded, ModelNotServed, Service
+from tunelab.typed import TypedOutputError
 
 log = logging.getLogger("tunelab")
 
@@ -212,6 +213,11 @@ def _plan(service: Service, who: str, body, prompts: list, *, template: str) -> 
     if not prompts or any(isinstance(p, str) and not p for p in prompts):
         raise APIError(400, "prompt must be a non-empty string or list of strings", param="prompt")
     options = {"temperature": body.temperature, "top_p": body.top_p, "stop": body.stops, "seed": body.seed}
+    if isinstance(body, ChatCompletionRequest):
+        try:
+            options["json_schema"] = body.json_schema
+        except TypedOutputError as exc:
+            raise APIError(400, str(exc), param="response_format") from None
     try:
         return service.plan(
             who,
@@ -242,6 +248,8 @@ async def _results(service: Service, planned: list[list[EngineRequest]]) -> list
     service.submit(planned)
     try:
         return [[_check(await asyncio.wrap_future(r.future)) for r in group] for group in planned]
+    except TypedOutputError as exc:  # a response_format schema the backend cannot compile
+        raise APIError(400, str(exc), param="response_format") from None
     except TunelabError as exc:
         raise APIError(503, str(exc), type="server_error") from None
 

@@ -102,9 +102,28 @@ class ChatCompletionRequest(_Request):
         refused = super().unsupported()
         if self.tools:
             refused.append("tools")
-        if self.response_format and self.response_format.get("type") not in (None, "text"):
-            refused.append("response_format (typed output is a later tunelab feature)")
         return refused
+
+    @property
+    def json_schema(self) -> str | None:
+        """The JSON schema (as JSON text) that `response_format` asks the answer to match, as OpenAI:
+        `{"type": "json_object"}` (any object) or `{"type": "json_schema", "json_schema": {"name": ...,
+        "schema": {...}}}`. Raises TypedOutputError (a ValueError) naming what is wrong."""
+        from tunelab.typed import TypedOutputError, output_spec
+
+        kind = (self.response_format or {}).get("type", "text")
+        if kind == "text":
+            return None
+        if kind == "json_object":
+            return '{"type": "object"}'
+        if kind != "json_schema":
+            raise TypedOutputError(
+                f"response_format.type must be 'text', 'json_object' or 'json_schema', got {kind!r}"
+            )
+        wrapper = self.response_format.get("json_schema")
+        if not isinstance(wrapper, dict) or not isinstance(wrapper.get("schema"), dict):
+            raise TypedOutputError("response_format.json_schema.schema must be a JSON schema object")
+        return output_spec(wrapper["schema"]).schema_json
 
 
 class Usage(BaseModel):

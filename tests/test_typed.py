@@ -1,0 +1,194 @@
+"""Typed output on tiny random-weight models: the answer is JSON of the schema by construction (llguidance
+on transformers, llama.cpp's grammar on llama_cpp), validated into an object; bad schemas and answers the
+token limit cuts short are clear errors, never half objects."""
+
+from __future__ import annotations
+
+import json
+
+import jsonschema
+import openai
+import pytest
+from pydantic import BaseModel, Field
+
+from tests.remote_server import RunningServer
+from tests.tiny_gguf import make_tiny_gguf
+from tunelab import BasicModelRunner, BatchError, LLMEngine, TypedOutputError
+from tunelab.config import Settings
+from tunelab.server.service import Service
+from tunelab.store import Store
+from tunelab.typed import output_spec
+
+# Short by construction (a boolean and an enum), so even a random model completes it in a few tokens.
+SMALL = {
+    "type": "object",
+    "properties": {"ok": {"type": "boolean"}, "colour": {"enum": ["red", "green", "blue"]}},
+    "required": ["ok", "colour"],
+    "additionalProperties": False,
+}
+PROMPTS = ["Tell me how to train my dog to sit", "What do you think of Mars?", "Hi"]
+
+
+class Verdict(BaseModel):
+    ok: bool = Field(description="whether it holds")
+    level: int = Field(ge=0, le=9, description="how much, 0 to 9")
+
+
+@pytest.fixture(scope="module")
+def tiny_gguf(tiny_chat_dir, tmp_path_factory):
+    return make_tiny_gguf(tmp_path_factory.mktemp("typed-gguf") / "tiny.gguf", hf_dir=tiny_chat_dir)
+
+
+@pytest.fixture(params=["transformers", "llama_cpp"])
+def runner(request, tiny_chat_dir, tiny_gguf):
+    name = str(tiny_chat_dir) if request.param == "transformers" else str(tiny_gguf)
+    return BasicModelRunner(name, backend=request.param, max_new_tokens=40)
+
+
+def test_the_spellings_of_output_type():
+    lamini = output_spec({"answer": "str", "confidence": "float", "tags": "list[str]"})
+    assert lamini.schema["properties"]["confidence"]["type"] == "number"
+    assert lamini.schema["properties"]["tags"] == {
+        "items": {"type": "string"},
+        "title": "Tags",
+        "type": "array",
+    }
+    assert lamini.schema["required"] == ["answer", "confidence", "tags"]
+    assert lamini.schema["additionalProperties"] is False
+    older = output_spec({"Answer#bool": "is it true", "Score#int": "how sure"})
+    assert older.schema["properties"]["Answer"]["type"] == "boolean"
+    assert '"Answer" (bool: is it true)' in older.instruction()
+    assert output_spec(Verdict).returns_instance and "how much, 0 to 9" in output_spec(Verdict).instruction()
+    assert output_spec(SMALL).schema == SMALL and output_spec(SMALL).model is None
+
+
+@pytest.mark.parametrize(
+    "bad, says",
+    [
+        ({"when": "date"}, "field 'when': unsupported type 'date'"),
+        ({"Answer#decimal": "x"}, "field 'Answer': unsupported type 'decimal'"),
+        ({}, "output_type must be"),
+        ("str", "output_type must be"),
+        ({"type": "objekt"}, "not a valid JSON schema"),
+        (
+            {
+                "type": "object",
+                "properties": {"a": {"type": "string", "minLength": 5, "maxLength": 2}},
+                "required": ["a"],
+            },
+            "unsatisfiable",
+        ),
+    ],
+)
+def test_bad_output_types_are_refused_before_anything_runs(bad, says):
+    with pytest.raises(TypedOutputError, match=says):
+        output_spec(bad)
+
+
+def test_answers_are_valid_objects_on_both_backends(runner):
+    one = runner("Is the sky blue?", output_type=SMALL)
+    jsonschema.validate(one, SMALL)
+    many = runner(PROMPTS, output_type=SMALL)
+    assert len(many) == len(PROMPTS)
+    for value in many:
+        jsonschema.validate(value, SMALL)
+    # the records keep the raw JSON text beside the object
+    record = runner.generate("Hi", output_type=SMALL)
+    assert json.loads(record.text) == record.parsed and record.finish_reason == "stop"
+
+
+def test_a_pydantic_output_type_gives_instances(runner):
+    value = runner("Is Mars red?", output_type=Verdict)
+    assert isinstance(value, Verdict) and 0 <= value.level <= 9
+
+
+def test_an_answer_the_token_limit_cuts_is_an_error_not_half_an_object(runner):
+    # a free string: a random model never closes it within 6 tokens
+    with pytest.raises(TypedOutputError, match="max_new_tokens=6"):
+        runner("Hi", output_type={"answer": "str"}, max_new_tokens=6)
+    with pytest.raises(BatchError) as caught:
+        runner(PROMPTS, output_type={"answer": "str"}, max_new_tokens=6)
+    assert all(c.parsed is None and "token limit" in c.error for c in caught.value.completions)
+
+
+def test_a_schema_that_can_never_end_stops_at_the_limit_with_an_error(runner):
+    endless = {
+        "type": "object",
+        "properties": {"child": {"$ref": "#/$defs/node"}},
+        "required": ["child"],
+        "$defs": {
+            "node": {
+                "type": "object",
+                "properties": {"child": {"$ref": "#/$defs/node"}},
+                "required": ["child"],
+            }
+        },
+    }
+    records = runner.generate(["Hi"], output_type=endless, max_new_tokens=30)
+    assert records[0].parsed is None and records[0].error  # a limit or a parser limit, said plainly
+
+
+def test_llm_engine_takes_typed_input_and_output(tiny_chat_dir):
+    class Question(BaseModel):
+        question: str = Field(description="what the customer asks")
+
+    engine = LLMEngine(id="typed", model_name=str(tiny_chat_dir), backend="transformers", max_new_tokens=40)
+    value = engine(input=Question(question="Where is my blanket?"), output_type=Verdict)
+    assert isinstance(value, Verdict)
+    record = engine.generate(
+        "question (what the customer asks): Where is my blanket?", output_type=Verdict, max_new_tokens=40
+    )
+    assert record.parsed == value  # the input's fields and descriptions made that prompt
+    values = engine(input=[{"question": "a"}, {"question": "b"}], output_type={"ok": "bool"})
+    assert [set(v) for v in values] == [{"ok"}, {"ok"}]
+
+
+def test_response_format_on_the_server(tunelab_home, tiny_chat_dir, tmp_path):
+    settings = Settings(home=tunelab_home)
+    store = Store.open(settings, f"sqlite:///{tmp_path / 'db.sqlite'}")
+    key = store.create_key("tess")[1]
+    service = Service(settings, store, extra_models=[str(tiny_chat_dir)], backend="transformers")
+    with RunningServer(service) as running:
+        sdk = openai.OpenAI(base_url=running.url + "/v1", api_key=key, max_retries=0)
+        messages = [{"role": "user", "content": "Is the sky blue? Answer in JSON."}]
+        out = sdk.chat.completions.create(
+            model=str(tiny_chat_dir),
+            messages=messages,
+            max_tokens=40,
+            temperature=0,
+            response_format={"type": "json_schema", "json_schema": {"name": "verdict", "schema": SMALL}},
+        )
+        assert out.choices[0].finish_reason == "stop"
+        jsonschema.validate(json.loads(out.choices[0].message.content), SMALL)
+        streamed = sdk.chat.completions.create(
+            model=str(tiny_chat_dir),
+            messages=messages,
+            max_tokens=40,
+            temperature=0,
+            stream=True,
+            response_format={"type": "json_schema", "json_schema": {"name": "verdict", "schema": SMALL}},
+        )
+        text = "".join(c.choices[0].delta.content or "" for c in streamed if c.choices)
+        assert text == out.choices[0].message.content
+        for bad, says in (
+            ({"type": "xml"}, "response_format.type"),
+            ({"type": "json_schema", "json_schema": {"name": "x"}}, "schema must be"),
+            (
+                {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "objekt"}}},
+                "JSON schema",
+            ),
+        ):
+            with pytest.raises(openai.BadRequestError, match=says):
+                sdk.chat.completions.create(
+                    model=str(tiny_chat_dir), messages=messages, max_tokens=5, response_format=bad
+                )
+        # json_object: any one object (its keys are free text, so give it room to close them)
+        loose = sdk.chat.completions.create(
+            model=str(tiny_chat_dir),
+            messages=messages,
+            max_tokens=150,
+            temperature=0,
+            response_format={"type": "json_object"},
+        )
+        assert loose.choices[0].finish_reason == "stop"
+        assert isinstance(json.loads(loose.choices[0].message.content), dict)

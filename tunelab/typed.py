@@ -54,7 +54,7 @@ class OutputSpec:
 
     @property
     def schema_json(self) -> str:
-        return json.dumps(self.schema, sort_keys=True)
+        return json.dumps(self.schema)  # key order kept: properties are answered in the schema's order
 
     def instruction(self) -> str:
         """The sentence added to the prompt so the model knows what each field is for."""

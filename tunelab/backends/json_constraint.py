@@ -107,12 +107,35 @@ def gbnf_for(schema_json: str) -> str:
         target = defs.get(ref.removeprefix("#/$defs/"))
         if isinstance(target, dict):
             schema = {**target, "$defs": defs}
+    properties = schema.get("properties") if isinstance(schema, dict) else None
+    order = list(properties) if isinstance(properties, dict) else None  # the schema's order, not a-z
     try:
-        return json_schema_to_gbnf(json.dumps(schema))
+        return json_schema_to_gbnf(json.dumps(_bounded_integers(schema)), prop_order=order)
     except Exception as exc:  # the converter raises plain exceptions (ValueError, KeyError, ...)
         raise TypedOutputError(
             f"llama.cpp cannot turn this JSON schema into a grammar: {type(exc).__name__}: {exc}"
         ) from None
+
+
+MAX_ENUMERATED = 256
+
+
+def _bounded_integers(node):
+    """llama-cpp-python's converter ignores integer bounds (it let `1000000000000000` through for a
+    0..10 field): a small bounded range becomes the enum of its values, which it does enforce."""
+    if isinstance(node, list):
+        return [_bounded_integers(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    node = {key: _bounded_integers(value) for key, value in node.items()}
+    low, high = node.get("minimum"), node.get("maximum")
+    if node.get("type") == "integer" and isinstance(low, int) and isinstance(high, int):
+        low += bool(node.get("exclusiveMinimum") is True)
+        high -= bool(node.get("exclusiveMaximum") is True)
+        if 0 <= high - low < MAX_ENUMERATED:
+            rest = {k: v for k, v in node.items() if k not in ("type", "minimum", "maximum")}
+            return {**rest, "enum": list(range(low, high + 1))}
+    return node
 
 
 _TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)], align=True)

@@ -53,3 +53,4 @@ bench: install
 	$(PY) benchmarks/generate.py
 	$(PY) benchmarks/train.py
 	$(PY) benchmarks/serve.py
+	$(PY) benchmarks/typed.py

@@ -192,3 +192,51 @@ def test_response_format_on_the_server(tunelab_home, tiny_chat_dir, tmp_path):
         )
         assert loose.choices[0].finish_reason == "stop"
         assert isinstance(json.loads(loose.choices[0].message.content), dict)
+
+
+def test_the_llama_cpp_one_candidate_check_agrees_with_the_full_mask(tiny_gguf):
+    """The greedy fast path asks the grammar about the top token only; it must say what the
+    whole-vocabulary mask says, for every token, at every point of an answer."""
+    import numpy as np
+
+    from tunelab.backends.json_constraint import LlamaGrammar, gbnf_for
+    from tunelab.backends.llama_cpp_backend import LlamaCppBackend
+
+    with LlamaCppBackend(tiny_gguf) as backend:
+        grammar = LlamaGrammar(backend._vocab, gbnf_for(json.dumps(SMALL)), backend.n_vocab)
+        logits = np.random.default_rng(0).normal(size=backend.n_vocab).astype(np.float32)
+        for token in backend.tokenize('{"ok": true, "colour": "red"}', add_bos=False):
+            allowed = np.isfinite(grammar.mask(logits))
+            assert allowed.any() and allowed[token]
+            assert [grammar.allows(t, float(logits[t])) for t in range(backend.n_vocab)] == allowed.tolist()
+            grammar.accept(token)
+        grammar.close()
+
+
+def test_a_model_tuned_on_typed_outputs_answers_in_that_schema(tiny_chat_dir):
+    runner = BasicModelRunner(str(tiny_chat_dir), backend="transformers", max_new_tokens=40)
+    rows = [{"input": f"Is lamp {i} on?", "output": {"ok": i % 2 == 0, "colour": "red"}} for i in range(8)]
+    runner.load_data(rows)
+    assert json.loads(runner.data[0].answer) == {"ok": True, "colour": "red"}  # learned as its JSON text
+    result = runner.train(epochs=2, batch_size=4, eval_fraction=0, progress=False)
+    assert runner.model_name == result.model_id
+    jsonschema.validate(runner("Is lamp 3 on?", output_type=SMALL), SMALL)
+
+
+def test_ask_prints_one_object_per_prompt(tiny_chat_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from tunelab.cli import app
+
+    schema = tmp_path / "schema.json"
+    schema.write_text(json.dumps(SMALL))
+    base = ["ask", str(tiny_chat_dir), "Hi", "Is Mars red?", "--backend", "transformers", "-n", "40"]
+    result = CliRunner().invoke(app, [*base, "--output-type", f"@{schema}"])
+    assert result.exit_code == 0, result.output
+    objects = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert len(objects) == 2
+    for value in objects:
+        jsonschema.validate(value, SMALL)
+    refused = CliRunner().invoke(app, [*base, "--output-type", '{"when": "date"}'])
+    assert refused.exit_code == 1 and "unsupported type 'date'" in refused.output
+    assert "Traceback" not in refused.output

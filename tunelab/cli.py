@@ -70,10 +70,25 @@ def ask(
     backend: BackendOpt = None,
     device: DeviceOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print Completion records as JSON.")] = False,
+    output_type: Annotated[
+        str | None,
+        typer.Option(
+            "--output-type",
+            help='Typed output: Lamini field types \'{"answer": "str", "sure": "bool"}\', a JSON schema, '
+            "or @FILE holding either; prints one JSON object per prompt.",
+        ),
+    ] = None,
 ):
     """Answer PROMPT(s) with MODEL; says so when the token limit cut an answer."""
     from tunelab.runner import BasicModelRunner
 
+    typed = None
+    if output_type is not None:
+        source = Path(output_type[1:]) if output_type.startswith("@") else None
+        try:
+            typed = json.loads(source.read_text(encoding="utf-8") if source else output_type)
+        except (OSError, json.JSONDecodeError) as exc:
+            _fail(ValueError(f"--output-type {output_type!r}: not readable JSON ({exc})"))
     try:
         runner = BasicModelRunner(
             model, template=template, system_prompt=system, backend=backend, device=device
@@ -87,6 +102,7 @@ def ask(
             repetition_penalty=repetition_penalty,
             stop=stop or (),
             seed=seed,
+            output_type=typed,
         )
     except (TunelabError, ValueError) as exc:  # GenerationOptionError is a ValueError too
         _fail(exc)
@@ -101,7 +117,10 @@ def ask(
             failed = True
             err.print(f"[bold red]error:[/] {c.error}", highlight=False)
             continue
-        console.print(c.text, markup=False, highlight=False)
+        if typed is not None:
+            print(json.dumps(c.parsed))
+        else:
+            console.print(c.text, markup=False, highlight=False)
         if c.truncated:
             err.print(
                 f"[yellow]cut off: the answer reached the {c.max_new_tokens}-token limit "

@@ -170,6 +170,20 @@ class LlamaGrammar:
         masked[self.data["id"]] = self.data["logit"]  # by id, whatever order the sampler left
         return masked
 
+    def allows(self, token: int, logit: float) -> bool:
+        """Whether the grammar takes `token` next: one candidate checked, not the whole vocabulary
+        (llama.cpp's own samplers try the unconstrained choice first the same way)."""
+        one = np.zeros(1, dtype=_TOKEN_DATA)
+        one["id"], one["logit"] = token, logit
+        single = self._llama.llama_token_data_array(
+            data=one.ctypes.data_as(ctypes.POINTER(self._llama.llama_token_data)),
+            size=1,
+            selected=-1,
+            sorted=False,
+        )
+        self._llama.llama_sampler_apply(self.sampler, ctypes.byref(single))
+        return bool(np.isfinite(one["logit"][0]))
+
     def accept(self, token: int) -> None:
         self._llama.llama_sampler_accept(self.sampler, token)
 

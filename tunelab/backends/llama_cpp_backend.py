@@ -256,7 +256,7 @@ class LlamaCppBackend:
             if error:
                 reasons: list[FinishReason | None] = ["error"] * len(running)
             else:
-                dead_ends = self._constrain(running, logits)
+                dead_ends = self._constrain(running, logits, options)
                 chosen = sample_batch(logits, [s.tokens for s in running], options, [s.rng for s in running])
                 reasons = [
                     "error" if k in dead_ends else self._accept(s, t, options, stop_ids)
@@ -276,11 +276,18 @@ class LlamaCppBackend:
                 _compact(memory, running, free_slots)
 
     @staticmethod
-    def _constrain(running: list[_Seq], logits: np.ndarray) -> set[int]:
-        """Mask each constrained row to what its grammar allows; the rows where nothing is allowed."""
+    def _constrain(running: list[_Seq], logits: np.ndarray, options: GenerationOptions) -> set[int]:
+        """Mask each constrained row to what its grammar allows; the rows where nothing is allowed.
+        Greedy without a penalty picks the top logit: when the grammar allows that one, it is the
+        constrained choice too, and the whole-vocabulary mask (most of the cost) is skipped."""
+        plain_greedy = options.greedy and options.repetition_penalty == 1.0
         dead = set()
         for k, s in enumerate(running):
             if s.grammar is not None:
+                if plain_greedy:
+                    top = int(np.argmax(logits[k]))
+                    if s.grammar.allows(top, float(logits[k, top])):
+                        continue
                 logits[k] = s.grammar.mask(logits[k])
                 if not np.isfinite(logits[k]).any():
                     dead.add(k)

@@ -240,3 +240,23 @@ def test_ask_prints_one_object_per_prompt(tiny_chat_dir, tmp_path):
     refused = CliRunner().invoke(app, [*base, "--output-type", '{"when": "date"}'])
     assert refused.exit_code == 1 and "unsupported type 'date'" in refused.output
     assert "Traceback" not in refused.output
+
+
+def test_llama_cpp_strings_take_no_raw_control_characters(tiny_gguf):
+    # llama-cpp-python's converter lets a raw newline into a JSON string; json.loads refuses that
+    import numpy as np
+
+    from tunelab.backends.json_constraint import LlamaGrammar, gbnf_for
+    from tunelab.backends.llama_cpp_backend import LlamaCppBackend
+
+    with LlamaCppBackend(tiny_gguf) as backend:
+        grammar = LlamaGrammar(
+            backend._vocab, gbnf_for(json.dumps(output_spec({"a": "str"}).schema)), backend.n_vocab
+        )
+        for token in backend.tokenize('{"a": "x', add_bos=False):
+            grammar.accept(token)
+        newline, letter = (backend.tokenize(t, add_bos=False) for t in ("\n", "y"))
+        assert len(newline) == 1 and not grammar.allows(newline[0], 0.0)
+        assert grammar.allows(letter[0], 0.0)
+        assert np.isfinite(grammar.mask(np.zeros(backend.n_vocab, dtype=np.float32))).sum() > 10
+        grammar.close()

@@ -110,13 +110,18 @@ def gbnf_for(schema_json: str) -> str:
     properties = schema.get("properties") if isinstance(schema, dict) else None
     order = list(properties) if isinstance(properties, dict) else None  # the schema's order, not a-z
     try:
-        return json_schema_to_gbnf(json.dumps(_bounded_integers(schema)), prop_order=order)
+        gbnf = json_schema_to_gbnf(json.dumps(_bounded_integers(schema)), prop_order=order)
     except Exception as exc:  # the converter raises plain exceptions (ValueError, KeyError, ...)
         raise TypedOutputError(
             f"llama.cpp cannot turn this JSON schema into a grammar: {type(exc).__name__}: {exc}"
         ) from None
+    # llama-cpp-python's string character rule lets raw control characters (a newline) into a JSON
+    # string, which no JSON parser takes; llama.cpp's own converter excludes them, as here
+    return gbnf.replace(_LOOSE_CHAR, _JSON_CHAR)
 
 
+_LOOSE_CHAR = 'char ::= [^"\\\\] |'
+_JSON_CHAR = 'char ::= [^"\\\\\\x7F\\x00-\\x1F] |'
 MAX_ENUMERATED = 256
 
 

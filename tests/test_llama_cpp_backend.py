@@ -215,6 +215,21 @@ def test_multi_token_prompt_decodes_in_a_fresh_process_quietly(tiny_gguf):
     assert proc.stderr == ""  # llama.cpp's load/context logs are silenced
 
 
+def test_a_gguf_answers_on_the_cpu_without_importing_torch(tiny_gguf):
+    # torch takes 1.3 s to import here: the llama.cpp path of a first answer must not pay for it
+    proc = run_script(
+        f"""
+        import sys
+        from tunelab import BasicModelRunner
+        print(repr(BasicModelRunner({str(tiny_gguf)!r})("Hi", max_new_tokens=4)))
+        print("torch" in sys.modules)
+        """
+    )
+    assert proc.returncode == 0, proc.stderr
+    answer, torch_loaded = proc.stdout.strip().splitlines()[-2:]
+    assert answer not in ("", "''") and torch_loaded == "False"
+
+
 @pytest.mark.slow
 def test_smollm2_multi_token_prompt_does_not_crash_llama_decode():
     # On AMX Xeons a native 0.3.36 build segfaults here unless use_extra_bufts is off.

@@ -61,6 +61,23 @@ QUESTIONS = [
     "Explain what machine learning is and give several real-world examples.",
     "Write an essay about the importance of friendship.",
     "Explain how the internet works, from cables to web pages.",
+    # 17-32: for --batch 32, the comparison workload of the speed targets
+    "Describe the life cycle of a star, from nebula to remnant.",
+    "Write a long letter to a friend about a summer spent by the sea.",
+    "Explain how vaccines train the immune system, with examples.",
+    "Describe the rules of chess and the ideas behind good openings.",
+    "Explain how to budget a monthly income, category by category.",
+    "Write a detailed history of the printing press and its effects.",
+    "Explain how airplanes fly, covering lift, thrust, drag and weight.",
+    "Describe how to prepare for a marathon over six months.",
+    "Explain the causes and effects of the French Revolution.",
+    "Write a guide to taking care of a houseplant, season by season.",
+    "Explain how electricity gets from a power plant to a home.",
+    "Describe the main ideas of the major schools of philosophy.",
+    "Explain how to write a good essay, from outline to final draft.",
+    "Describe the ecosystem of a coral reef and the threats it faces.",
+    "Explain how a bill becomes a law, step by step.",
+    "Write a detailed review of an imaginary science fiction film.",
 ]
 WARMUP_TOKENS = 8
 METHODS = {

@@ -21,7 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from tunelab.batching import Request as EngineRequest
 from tunelab.errors import ConfigError, GenerationOptionError, PromptError, TunelabError
 from tunelab.generation import Completion
-from tunelab.server.auth import APIError, Owner
+from tunelab.server.auth import APIError, Owner, model_not_found
 from tunelab.server.protocol import (
     AssistantMessage,
     ChatChoice,
@@ -158,7 +158,7 @@ def create_app(
     def get_model(model_id: str, who: Owner) -> ModelCard:
         visible = service.models_for(who)
         if model_id not in visible:
-            raise _not_found(model_id)
+            raise model_not_found(model_id)
         return ModelCard(id=model_id, owned_by=visible[model_id])
 
     @app.post("/v1/completions")
@@ -197,15 +197,6 @@ def create_app(
     return app
 
 
-def _not_found(model: str) -> APIError:
-    return APIError(
-        404,
-        f"The model '{model}' does not exist or you do not have access to it.",
-        param="model",
-        code="model_not_found",
-    )
-
-
 def _plan(service: Service, who: str, body, prompts: list, *, template: str) -> list[list[EngineRequest]]:
     refused = body.unsupported()
     if refused:
@@ -229,7 +220,7 @@ def _plan(service: Service, who: str, body, prompts: list, *, template: str) -> 
             options=options,
         )
     except ModelNotServed:
-        raise _not_found(body.model) from None
+        raise model_not_found(body.model) from None
     except ContextExceeded as exc:
         raise APIError(400, str(exc), param="max_tokens", code="context_length_exceeded") from None
     except (PromptError, GenerationOptionError, ConfigError) as exc:

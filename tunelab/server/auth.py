@@ -16,6 +16,16 @@ class APIError(Exception):
         self.status, self.detail = status, ErrorDetail(message=message, type=type, param=param, code=code)
 
 
+def model_not_found(model: str) -> APIError:
+    """The one answer for a model that does not exist *or* belongs to another owner: ids do not leak."""
+    return APIError(
+        404,
+        f"The model '{model}' does not exist or you do not have access to it.",
+        param="model",
+        code="model_not_found",
+    )
+
+
 def owner(request: Request) -> str:
     """The owner of the API key on this request (every route but /health needs one)."""
     service: Service = request.app.state.service

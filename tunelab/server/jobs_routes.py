@@ -17,7 +17,7 @@ from starlette.concurrency import run_in_threadpool
 from tunelab.data import load_records
 from tunelab.errors import ConfigError
 from tunelab.jobs import job_config
-from tunelab.server.auth import APIError, Owner
+from tunelab.server.auth import APIError, Owner, model_not_found
 from tunelab.server.protocol import (
     CreateJobRequest,
     FileDeleted,
@@ -171,12 +171,7 @@ def create_job(request: Request, who: Owner, body: CreateJobRequest) -> FineTuni
             param="validation_file",
         )
     if body.model not in service.models_for(who):
-        raise APIError(
-            404,
-            f"The model '{body.model}' does not exist or you do not have access to it.",
-            param="model",
-            code="model_not_found",
-        )
+        raise model_not_found(body.model)
     if service.store.get_file(who, body.training_file) is None:
         raise _no_file(body.training_file, "training_file")
     hyperparameters = body.all_hyperparameters()

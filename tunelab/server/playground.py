@@ -23,7 +23,7 @@ from starlette.concurrency import run_in_threadpool
 from tunelab.compare import compare
 from tunelab.errors import ConfigError, GenerationOptionError, PromptError
 from tunelab.lesson import LESSON_EXPECTED, LESSON_PROMPTS
-from tunelab.server.auth import APIError, Owner
+from tunelab.server.auth import APIError, Owner, model_not_found
 from tunelab.server.service import Service
 from tunelab.templates import TEMPLATE_CHOICES, resolve_template
 
@@ -64,16 +64,6 @@ class CompareRequest(BaseModel):
     temperature: float = Field(0.0, ge=0.0, le=2.0)
 
 
-def _not_found(model: str) -> APIError:
-    # the same answer as the OpenAI routes give for an unknown model: ids owned by others do not leak
-    return APIError(
-        404,
-        f"The model '{model}' does not exist or you do not have access to it.",
-        param="model",
-        code="model_not_found",
-    )
-
-
 def _check_request(service: Service, who: str, body: CompareRequest) -> None:
     """Refuse before anything loads: models this owner cannot see, repeated names, unknown templates.
     (compare() itself turns a template it cannot render into error cells, which suits a report but
@@ -81,7 +71,7 @@ def _check_request(service: Service, who: str, body: CompareRequest) -> None:
     visible = service.models_for(who)
     for name in body.models:
         if name not in visible:
-            raise _not_found(name)
+            raise model_not_found(name)
     for field, values in (("models", body.models), ("templates", body.templates)):
         repeated = sorted({v for v in values if values.count(v) > 1})
         if repeated:

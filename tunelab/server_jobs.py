@@ -100,9 +100,9 @@ def start_job(
     )
 
 
-def job_metrics(client, job_id: str) -> list[dict]:
-    """The job's metrics events (step, train_loss, ...), oldest first."""
-    events = sdk_call("reading the job's events", client.fine_tuning.jobs.list_events, job_id, limit=10_000)
+def job_metrics(client, job_id: str, *, newest: int = 10_000) -> list[dict]:
+    """The job's metrics events (step, train_loss, ...) among its `newest` events, oldest first."""
+    events = sdk_call("reading the job's events", client.fine_tuning.jobs.list_events, job_id, limit=newest)
     return [e.data for e in reversed(events.data) if e.type == "metrics" and e.data]
 
 
@@ -125,7 +125,7 @@ def wait_for_job(client, job_id: str, *, progress: bool = True, poll_s: float = 
         task = bar.add_task(f"job {job_id}", total=None, status="queued", loss="-")
         while True:
             job = sdk_call("reading the job", client.fine_tuning.jobs.retrieve, job_id)
-            metrics = job_metrics(client, job_id) if progress else []
+            metrics = job_metrics(client, job_id, newest=20) if progress else []  # the latest step
             if metrics:
                 last = metrics[-1]
                 bar.update(
@@ -157,7 +157,7 @@ def train_on_server(
     if job.status != "succeeded":
         reason = job.error.message if job.error else "no reason given"
         raise JobFailed(f"fine-tuning job {job.id} {job.status}: {reason}")
-    metrics = job_metrics(client, job.id)
+    metrics = job_metrics(client, job.id, newest=20)
     return ServerTrainResult(
         model_id=job.fine_tuned_model,
         job_id=job.id,

@@ -342,3 +342,17 @@ def test_a_base_gguf_with_another_vocabulary_is_refused(tiny_chat_dir, tmp_path)
     with pytest.raises(ConfigError, match="has 3 tokens.*not this model's base"):
         export_gguf(tiny_chat_dir, tmp_path / "out.gguf", base_gguf=tmp_path / "other.gguf")
     assert not (tmp_path / "out.gguf").exists()
+
+
+def test_a_lora_tuned_from_a_gguf_runs_on_llama_cpp_by_default(gguf_base_tuned, llama2_tuned, settings):
+    # training wrote the merged model as a GGUF into the registry entry: "auto" takes llama.cpp's fast path
+    assert (model_dir(settings, gguf_base_tuned.model_id) / "model.gguf").is_file()
+    fast = BasicModelRunner(gguf_base_tuned.model_id, max_new_tokens=24)
+    exact = BasicModelRunner(gguf_base_tuned.model_id, backend="transformers", max_new_tokens=24)
+    on_fast = fast.generate(QUESTIONS)
+    assert {c.backend for c in on_fast} == {"llama_cpp"}
+    assert [c.text for c in on_fast] == exact(QUESTIONS) and learned([c.text for c in on_fast]) == ANSWERS
+    assert on_fast[0].template == exact.generate(QUESTIONS[0]).template  # the training template
+    # a LoRA on a Hugging Face base has no GGUF made for it: it stays on transformers
+    assert not (model_dir(settings, llama2_tuned.model_id) / "model.gguf").exists()
+    assert BasicModelRunner(llama2_tuned.model_id, max_new_tokens=4).generate("Hi").backend == "transformers"

@@ -33,6 +33,13 @@ def choose_backend(model: ResolvedModel, requested: str, device: str) -> str:
         return "remote"
     if requested not in BACKENDS:
         raise ConfigError(f"unknown backend {requested!r}; choose one of {BACKENDS}")
+    if model.adapter_path is not None and model.fast_gguf is not None:
+        # a tuned model with its merged GGUF: as fast as its base on llama.cpp (the adapter path stays
+        # for backend="transformers": training, exact float32 answers)
+        if requested == "llama_cpp" or (
+            requested == "auto" and device == "cpu" and importlib.util.find_spec("llama_cpp")
+        ):
+            return "llama_cpp"
     if model.adapter_path is not None:
         if requested in ("llama_cpp", "vllm"):
             raise ConfigError(
@@ -102,7 +109,7 @@ class Engine:
     def load(self, model: ResolvedModel, backend: str = "auto", device: str = "auto") -> Backend:
         device_name = "remote" if model.remote is not None else pick_device(device)
         kind = choose_backend(model, backend, device_name)
-        where = f"{model.gguf_path or model.hf_path}+{model.adapter_path}"
+        where = f"{model.gguf_path or model.hf_path}+{model.adapter_path}+{model.fast_gguf}"
         if model.remote is not None:  # a changed key or URL must reach a new client
             where = model.remote.model_dump_json() + str(model.remote.resolve_key())
         key = (model.name, where, kind, device_name)
@@ -119,7 +126,8 @@ class Engine:
         if kind == "llama_cpp":
             from tunelab.backends.llama_cpp_backend import LlamaCppBackend
 
-            return LlamaCppBackend(model.gguf_path)
+            # an adapter's gguf_path is its base's: the tuned weights are in its own merged GGUF
+            return LlamaCppBackend(model.fast_gguf if model.adapter_path is not None else model.gguf_path)
         from tunelab.backends.transformers_backend import TransformersBackend, dequantized_dir
 
         if kind == "vllm":

@@ -615,8 +615,31 @@ def train(
             metrics,
             eval_examples,
         )
+        if config.method == "lora" and base.gguf_path is not None:
+            write_fast_gguf(model_id, base.gguf_path, settings)
     accelerator.wait_for_everyone()
     return result
+
+
+def write_fast_gguf(model_id: str, base_gguf: Path, settings: Settings) -> Path | None:
+    """Merge the LoRA and write it as an F16 GGUF in the registry entry, so `backend="auto"` runs the
+    tuned model on llama.cpp as fast as its base (benchmarks/tuned.py). Llama-architecture bases only;
+    for others (Gemma 3) the tuned model keeps the transformers path, said in one log line."""
+    import tempfile
+
+    from tunelab.export import export_gguf, export_merged
+    from tunelab.models import FAST_GGUF
+
+    target = model_dir(settings, model_id) / FAST_GGUF
+    try:
+        with tempfile.TemporaryDirectory(dir=settings.home) as tmp:
+            merged = export_merged(model_id, Path(tmp) / "merged", settings)
+            export_gguf(merged, Path(tmp) / FAST_GGUF, base_gguf=base_gguf, outtype="f16")
+            (Path(tmp) / FAST_GGUF).replace(target)
+    except ConfigError as exc:
+        log.info("%s runs on transformers only: no GGUF for its architecture (%s)", model_id, exc)
+        return None
+    return target
 
 
 class TrainingInterrupted(TunelabError):

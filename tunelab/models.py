@@ -27,6 +27,7 @@ from tunelab.registry import load_record, registry_dir
 
 log = logging.getLogger("tunelab")
 
+FAST_GGUF = "model.gguf"  # in a registry entry: the merged model as GGUF, run by llama.cpp
 Source = Literal["embedded", "local", "hf-cache", "remote", "registry", "hub", "server"]
 
 _HF_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -49,6 +50,8 @@ class ResolvedModel:
     adapter_path: str | None = None  # a fine-tuned LoRA adapter applied on the base weights above
     template_name: str | None = None  # a fine-tuned model's training template, its "auto" at inference
     template_source: str | None = None
+    # a tuned model's merged F16 GGUF (written when it was trained from a GGUF base): llama.cpp's fast path
+    fast_gguf: Path | None = None
     tried: tuple[str, ...] = field(default=(), compare=False)
 
     @property
@@ -198,6 +201,7 @@ def resolve(name: str, settings: Settings, *, _alias_depth: int = 0) -> Resolved
             hf_path=base.hf_path,
             chat=base.chat,
             adapter_path=str(tuned / "adapter"),
+            fast_gguf=tuned / FAST_GGUF if (tuned / FAST_GGUF).is_file() else None,
             **template,
         )
     if (tuned / "config.json").exists():

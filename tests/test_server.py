@@ -18,6 +18,7 @@ ROUTES = [
     ("GET", "/v1/models/{model}", None),
     ("POST", "/v1/completions", {"model": "{model}", "prompt": "Hi", "max_tokens": 2}),
     ("POST", "/v1/chat/completions", {"model": "{model}", "messages": [{"role": "user", "content": "Hi"}]}),
+    ("POST", "/v1/tunelab/compare", {"models": ["{model}"], "prompts": ["Hi"], "max_tokens": 2}),
 ]
 
 

@@ -90,16 +90,6 @@ METHODS = {
 DEFAULT_BANDWIDTH_GBS = 26.0
 
 
-
-
-
-
-
-
-
-
-
-
 def versions() -> str:
     from importlib.metadata import PackageNotFoundError, version
 

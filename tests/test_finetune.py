@@ -24,6 +24,7 @@ from tunelab.finetune import (
     epoch_batches,
     latest_checkpoint,
     make_config,
+    store_frozen_linears_in_bf16,
     summed_loss,
     tokenize_example,
     training_template,
@@ -155,6 +156,40 @@ def test_gradient_accumulation_equals_the_full_batch(tiny_chat_dir):
         (summed_loss(model, collate(chunk, pad, "cpu")) / answer_tokens(chunk) / 3).backward()
     wrong = {n: p.grad for n, p in model.named_parameters()}
     assert not all(torch.allclose(wrong[n], g, atol=1e-6, rtol=1e-4) for n, g in grads_whole.items())
+
+
+def test_frozen_bf16_base_weights_give_the_same_loss_and_lora_gradients_under_autocast(tiny_chat_dir):
+    """Storing the frozen linears in bf16 changes no number: autocast casts them for every matmul."""
+    from accelerate import Accelerator
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    tok = tokenizer_for(tiny_chat_dir)
+    template = training_template("auto", tok, "tiny", add_bos=False)
+    rows = [tokenize_example(e, template, tok, False) for e in examples()]
+    accelerator = Accelerator(cpu=True)
+
+    def loss_and_grads(bf16_storage: bool):
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_pretrained(tiny_chat_dir, dtype=torch.float32)
+        config = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False)
+        model = get_peft_model(model, config)
+        if bf16_storage:
+            store_frozen_linears_in_bf16(model)
+        loss = backward_batch(accelerator, model, [rows], answer_tokens(rows), tok.pad_token_id, bf16=True)
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+        dtypes = {p.dtype for n, p in model.named_parameters() if not p.requires_grad and "proj" in n}
+        trainable = {p.dtype for p in model.parameters() if p.requires_grad}
+        return loss.item(), grads, dtypes, trainable
+
+    loss32, grads32, frozen32, _ = loss_and_grads(False)
+    loss16, grads16, frozen16, trainable16 = loss_and_grads(True)
+    assert frozen32 == {torch.float32} and frozen16 == {torch.bfloat16}
+    assert trainable16 == {torch.float32}  # the LoRA weights and their optimizer stay float32
+    assert loss16 == loss32
+    assert grads16.keys() == grads32.keys() and len(grads16) > 0
+    for name, grad in grads32.items():
+        assert torch.equal(grads16[name], grad), name
 
 
 def test_training_learns_the_answers_and_to_stop(tiny_chat_dir, tunelab_home):

@@ -469,6 +469,8 @@ def train(
 
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     bf16 = use_bf16_autocast(config, accelerator.device.type)
+    if bf16 and config.method == "lora":
+        store_frozen_linears_in_bf16(model)
     main = accelerator.is_main_process
 
     # 2. data: split, tokenize with the inference template, group by length
@@ -615,10 +617,46 @@ def train(
             metrics,
             eval_examples,
         )
-        if config.method == "lora" and base.gguf_path is not None:
-            write_fast_gguf(model_id, base.gguf_path, settings)
+    if main and config.method == "lora" and base.gguf_path is not None:
+        # The export loads the base again: the training model, its gradients and the optimizer go first.
+        del model, optimizer, scheduler, trainable
+        release_memory()
+        write_fast_gguf(model_id, base.gguf_path, settings)
     accelerator.wait_for_everyone()
     return result
+
+
+def store_frozen_linears_in_bf16(model) -> None:
+    """Under bf16 autocast, keep the frozen base weights of the LoRA-adapted linear layers in bf16.
+
+    Autocast casts them to bf16 for every matmul anyway, so the forward pass and the gradients are the
+    same, bit for bit; what goes is their float32 copy (most of the model's size) and each step's bf16
+    casts, which autocast keeps alive for the backward pass. The LoRA weights stay float32 (peft keeps
+    adapters in float32 beside a bf16 base), as do the norms and the embeddings, which autocast leaves
+    in float32.
+    """
+    from peft.tuners.lora import LoraLayer
+
+    for module in model.modules():
+        if isinstance(module, LoraLayer):
+            base_layer = module.get_base_layer()
+            if isinstance(base_layer, torch.nn.Linear):
+                base_layer.to(torch.bfloat16)
+
+
+def release_memory() -> None:
+    """Collect freed tensors and hand the freed heap back to the OS (glibc keeps it otherwise, so the
+    process's resident size would stay at its training peak while the next stage allocates more)."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        pass
 
 
 def write_fast_gguf(model_id: str, base_gguf: Path, settings: Settings) -> Path | None:

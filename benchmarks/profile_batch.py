@@ -40,6 +40,7 @@ INCLUSIVE = {
     "quantize_row_q8_1": "quantizing activations to Q8_1",
     "ggml_graph_compute_thread": "ggml worker threads (compute + barriers)",
     "ggml_barrier": "waiting at ggml barriers",
+    "libgomp": "OpenMP runtime (llama.cpp's threads waiting for each other)",
     "_sample": "transformers decode loop",
     "addmm": "torch linear layers",
     "scaled_dot_product": "torch attention",
@@ -65,8 +66,11 @@ def worker(backend: str, batch: int, new_tokens: int, ready: Path, go: Path) -> 
 
 
 def function_of(frame: str) -> str:
-    """'name (file:line)' or 'name (lib.so)' -> name, without C++ parameter lists."""
-    name = frame.split(" (")[0]
+    """'name (file:line)' or 'name (lib.so)' -> name, without C++ parameter lists; a frame py-spy could
+    not name ('0x7f... (libgomp.so.1)') -> 'libgomp.so.1 (no symbol)'."""
+    name, _, where = frame.partition(" (")
+    if re.fullmatch(r"0x[0-9a-f]+", name.strip()):
+        return f"{where.rstrip(')')} (no symbol)"
     return re.sub(r"\(.*\)$", "", name).strip()
 
 
@@ -106,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backend", default="llama_cpp", choices=["llama_cpp", "transformers"])
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--new-tokens", type=int, default=64)
-    parser.add_argument("--rate", type=int, default=200, help="samples per second")
+    parser.add_argument("--rate", type=int, default=50, help="samples per second")
     parser.add_argument("--top", type=int, default=15)
     parser.add_argument("--raw", type=Path, help="keep py-spy's collapsed stacks here")
     parser.add_argument("--worker", nargs=2, metavar=("READY", "GO"), help=argparse.SUPPRESS)

@@ -23,7 +23,8 @@ def isolated_env(tunelab_home, tmp_path, monkeypatch) -> Path:
     monkeypatch.setenv("TUNELAB_HOME", str(tunelab_home))
     monkeypatch.setenv("TUNELAB_CONFIG", str(config))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    for var in ("TUNELAB_URL", "TUNELAB_API_KEY", "TUNELAB_BACKEND", "TUNELAB_DEVICE", "TUNELAB_DB_URL"):
+    names = ("URL", "API_KEY", "BACKEND", "DEVICE", "DTYPE", "DB_URL")
+    for var in (f"TUNELAB_{name}" for name in names):
         monkeypatch.delenv(var, raising=False)
     return config
 

@@ -48,3 +48,14 @@ def test_unknown_or_wrong_fields_are_named(isolated_env):
         load_settings()
     with pytest.raises(ConfigError, match="production.secret"):
         load_settings({"production": {"secret": 1}})
+
+
+def test_dtype_from_file_env_and_config_and_a_bad_one_is_named(isolated_env, monkeypatch):
+    assert load_settings().dtype == "auto"
+    isolated_env.write_text("dtype: float32\n")
+    assert load_settings().dtype == "float32"
+    monkeypatch.setenv("TUNELAB_DTYPE", "bfloat16")
+    assert load_settings().dtype == "bfloat16"
+    assert load_settings({"dtype": "float16"}).dtype == "float16"
+    with pytest.raises(ConfigError, match="dtype"):
+        load_settings({"dtype": "fp8"})

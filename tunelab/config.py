@@ -12,9 +12,12 @@ The file (``$TUNELAB_CONFIG`` or ``<user config dir>/tunelab/config.yaml``)::
         api_key_env: OPENAI_API_KEY
     backend: auto                 # auto | transformers | llama_cpp
     device: auto                  # auto | cuda | mps | cpu
+    dtype: auto                   # transformers backend: auto | float32 | bfloat16 | float16
+                                  # (auto: bf16 on CUDA and on CPUs with native bf16, else float32)
 
 Env vars: TUNELAB_CONFIG (the file), TUNELAB_HOME (data and caches), TUNELAB_BACKEND,
-TUNELAB_DEVICE, TUNELAB_URL and TUNELAB_API_KEY (a tunelab or other OpenAI-compatible server).
+TUNELAB_DEVICE, TUNELAB_DTYPE, TUNELAB_URL and TUNELAB_API_KEY (a tunelab or other OpenAI-compatible
+server).
 `config=` dicts take the same keys plus Lamini's ``production.key`` / ``production.url``.
 """
 
@@ -34,6 +37,7 @@ log = logging.getLogger("tunelab")
 
 BackendName = Literal["auto", "transformers", "llama_cpp", "vllm"]
 DeviceName = Literal["auto", "cuda", "mps", "cpu"]
+DtypeName = Literal["auto", "float32", "bfloat16", "float16"]
 
 
 class RemoteModelConfig(BaseModel):
@@ -64,6 +68,7 @@ class Settings(BaseModel):
     remote: dict[str, RemoteModelConfig] = Field(default_factory=dict)
     backend: BackendName = "auto"
     device: DeviceName = "auto"
+    dtype: DtypeName = "auto"
     production_url: str | None = None
     production_key: str | None = None
     home: Path
@@ -124,6 +129,7 @@ def _from_env() -> dict[str, Any]:
     env_map = {
         "TUNELAB_BACKEND": "backend",
         "TUNELAB_DEVICE": "device",
+        "TUNELAB_DTYPE": "dtype",
         "TUNELAB_URL": "production_url",
         "TUNELAB_API_KEY": "production_key",
     }

@@ -112,7 +112,7 @@ class Engine:
         where = f"{model.gguf_path or model.hf_path}+{model.adapter_path}+{model.fast_gguf}"
         if model.remote is not None:  # a changed key or URL must reach a new client
             where = model.remote.model_dump_json() + str(model.remote.resolve_key())
-        key = (model.name, where, kind, device_name)
+        key = (model.name, where, kind, device_name, self.settings.dtype)
         with self._lock:
             if key not in self._backends:
                 self._backends[key] = self._build(model, kind, device_name)
@@ -140,11 +140,13 @@ class Engine:
             return TransformersBackend(
                 str(dequantized_dir(model.gguf_path, self.settings.home)),
                 device=device,
+                dtype=self.settings.dtype,
                 adapter_path=model.adapter_path,
             )
         return TransformersBackend(
             model.hf_path,
             device=device,
+            dtype=self.settings.dtype,
             local_files_only=model.source != "hub",
             adapter_path=model.adapter_path,
         )

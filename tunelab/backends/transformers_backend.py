@@ -15,8 +15,9 @@ import torch
 from transformers import StoppingCriteria
 from transformers.generation.streamers import BaseStreamer
 
+from tunelab.backends import batch_invariant
 from tunelab.backends.base import OnText
-from tunelab.device import pick_device
+from tunelab.device import cpu_has_native_bf16, pick_device
 from tunelab.errors import ModelFileError
 from tunelab.generation import BackendOutput, GenerationOptions, cut_at_stop
 
@@ -80,7 +81,12 @@ class _TextStops(StoppingCriteria):
 
 
 class TransformersBackend:
-    """Batched generation with left padding and an attention mask, through `model.generate`."""
+    """Batched generation with left padding and an attention mask, through `model.generate`.
+
+    dtype "auto": bf16 on CUDA and on CPUs with native bf16 (AVX512-BF16 / AMX), float32 elsewhere.
+    In bf16 on a CPU the batch-invariant path is used (tunelab/backends/batch_invariant.py): a prompt
+    gets the same greedy answer in a batch as alone, at the bf16 speed (benchmarks/RESULTS.md).
+    """
 
     name = "transformers"
 
@@ -94,20 +100,30 @@ class TransformersBackend:
         local_files_only: bool = False,
         adapter_path: str | None = None,
     ):
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # loading cached safetensors takes seconds: no bar needed
         self.device = pick_device(device)
         if dtype == "auto":
-            torch_dtype = torch.bfloat16 if self.device == "cuda" else torch.float32
+            bf16 = self.device == "cuda" or (self.device == "cpu" and cpu_has_native_bf16())
+            torch_dtype = torch.bfloat16 if bf16 else torch.float32
         else:
             torch_dtype = getattr(torch, dtype)
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(path_or_id, local_files_only=local_files_only)
+            config = AutoConfig.from_pretrained(path_or_id, local_files_only=local_files_only)
+            # bf16 on a CPU: the batch-invariant path, measured there (see batch_invariant); elsewhere
+            # batches run as transformers runs them.
+            self.batch_invariant = (
+                self.device == "cpu" and torch_dtype == torch.bfloat16 and batch_invariant.suits(config)
+            )
+            extra = {"attn_implementation": batch_invariant.register()} if self.batch_invariant else {}
+            # An adapter is merged into float32 weights, then cast: the same weights as a merged export.
+            load_dtype = torch.float32 if adapter_path is not None else torch_dtype
             self.model = AutoModelForCausalLM.from_pretrained(
-                path_or_id, dtype=torch_dtype, local_files_only=local_files_only
-            ).to(self.device)
+                path_or_id, dtype=load_dtype, local_files_only=local_files_only, **extra
+            )
         except OSError as exc:
             raise ModelFileError(f"{path_or_id}: could not load the model ({exc})") from None
         if adapter_path is not None:
@@ -115,7 +131,7 @@ class TransformersBackend:
 
             # Merged once at load: the tuned model then runs as fast as the base.
             self.model = PeftModel.from_pretrained(self.model, adapter_path).merge_and_unload()
-        self.model.eval()
+        self.model = self.model.to(self.device, torch_dtype).eval()
         self.max_batch = max_batch
         tok = self.tokenizer
         tok.padding_side = "left"  # answers start right after each prompt
@@ -172,18 +188,35 @@ class TransformersBackend:
                 runnable.append(i)
         # Similar lengths together waste less compute on padding.
         runnable.sort(key=lambda i: len(encoded[i]))
-        for start in range(0, len(runnable), self.max_batch):
-            chunk = runnable[start : start + self.max_batch]
-            streamer = _RowStreamer(self.tokenizer, chunk, self._eog_ids, on_text) if on_text else None
-            for i, out in zip(chunk, self._generate_batch([encoded[i] for i in chunk], options, streamer)):
+        for chunk in self._chunks(runnable, [len(ids) for ids in encoded]):
+            rows = [encoded[i] for i in chunk]
+            if self.batch_invariant and len(rows) < batch_invariant.MIN_ROWS:
+                rows = rows * batch_invariant.MIN_ROWS  # a lone row would take the one-row kernel
+            indices = chunk + [-1] * (len(rows) - len(chunk))  # -1: a copy, not streamed
+            streamer = _RowStreamer(self.tokenizer, indices, self._eog_ids, on_text) if on_text else None
+            for i, out in zip(chunk, self._generate_batch(rows, options, streamer)):
                 results[i] = out
         return results  # type: ignore[return-value]
+
+    def _chunks(self, order: list[int], lengths: list[int]) -> list[list[int]]:
+        """Batches of at most max_batch prompts; batch-invariant: of one padded width each."""
+        groups: dict[int, list[int]] = {}
+        for i in order:
+            width = batch_invariant.padded_width(lengths[i]) if self.batch_invariant else 0
+            groups.setdefault(width, []).append(i)
+        return [
+            group[start : start + self.max_batch]
+            for group in groups.values()
+            for start in range(0, len(group), self.max_batch)
+        ]
 
     def _generate_batch(
         self, batch: list[list[int]], options: GenerationOptions, streamer=None
     ) -> list[BackendOutput]:
         pad_id = self.tokenizer.pad_token_id
         width = max(len(ids) for ids in batch)
+        if self.batch_invariant:
+            width = batch_invariant.padded_width(width)
         input_ids = torch.tensor([[pad_id] * (width - len(ids)) + ids for ids in batch], device=self.device)
         attention = torch.tensor(
             [[0] * (width - len(ids)) + [1] * len(ids) for ids in batch], device=self.device
@@ -266,7 +299,7 @@ class _RowStreamer(BaseStreamer):
             self.prompt_seen = True
             return
         for row, token in enumerate(value.reshape(len(self.indices), -1)[:, -1].tolist()):
-            if self.done[row]:
+            if self.done[row] or self.indices[row] < 0:
                 continue
             if token in self.end_ids:
                 self.done[row] = True

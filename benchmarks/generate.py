@@ -11,7 +11,8 @@ CPU only, the same number of threads (default: every core) for every method:
   B  plain llama-cpp-python: `Llama(...).create_completion(prompt, max_tokens=N, temperature=0)`;
      one prompt, and the batch's prompts one after another;
   T, L  tunelab, backend="transformers" / "llama_cpp": `BasicModelRunner.generate` on one prompt and
-     on the batch (one call with the list).
+     on the batch (one call with the list). T runs in tunelab's default dtype: bf16 on a CPU with
+     native bf16 (on its batch-invariant path), float32 elsewhere.
 
 Every method gets the same text: each question rendered once with the model's own chat template
 (through tunelab's template code), given to tunelab with template="raw". The prompt token counts

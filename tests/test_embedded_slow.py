@@ -40,10 +40,30 @@ def test_five_token_limit_finishes_with_length(backend):
         assert c.finish_reason == "length" and c.completion_tokens == 5, (name, c)
 
 
-def test_batched_answers_equal_single_answers(backend):
-    chat = BasicModelRunner("smollm2-135m-instruct", backend=backend, max_new_tokens=24)
-    prompts = [DOG, "What do you think of Mars?", "Who is the boss of Twitter?"]
-    assert chat(prompts) == [chat(p) for p in prompts]
+LONG = (
+    "Here is a long question, so that the batch holds prompts of several padded widths. "
+    "My garden has sandy soil, a shady corner under an old oak and a sunny strip by the wall, "
+    "and I would like to grow tomatoes, beans, lettuce and some herbs this summer. "
+    "What should I plant where, and when?"
+)
+
+
+@pytest.mark.parametrize("name", ["smollm2-135m-instruct", "gemma-3-270m"])
+def test_batched_answers_equal_single_answers(backend, name):
+    runner = BasicModelRunner(name, backend=backend, max_new_tokens=48)
+    prompts = [
+        DOG,
+        "What do you think of Mars?",
+        "Who is the boss of Twitter?",
+        LONG,
+        "Name five fruits.",
+        "Why is the sky blue?",
+        LONG + " Please answer in detail.",
+        "How far is the moon?",
+    ]
+    batched = runner(prompts)
+    alone = [runner(p) for p in prompts]
+    assert batched == alone
 
 
 def _common_prefix(a: str, b: str) -> int:

@@ -616,7 +616,9 @@ def train(
             eval_examples,
         )
     if main and config.method == "lora" and base.gguf_path is not None:
-        # The export loads the base again: the training model, its gradients and the optimizer go first.
+        # The export loads the base again: the training model, its gradients and the optimizer go first
+        # (accelerate holds them too).
+        accelerator.free_memory()
         del model, optimizer, scheduler, trainable
         release_memory()
         write_fast_gguf(model_id, base.gguf_path, settings)

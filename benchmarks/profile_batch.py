@@ -49,7 +49,6 @@ INCLUSIVE = {
 
 def worker(backend: str, batch: int, new_tokens: int, ready: Path, go: Path) -> None:
     from tunelab import BasicModelRunner
-    from tunelab.templates import resolve_template  # noqa: F401  (imported before sampling starts)
 
     runner = BasicModelRunner(MODEL, backend=backend).load()
     questions = QUESTIONS[:batch]

@@ -38,8 +38,6 @@ def test_bf16_on_a_cpu_takes_the_batch_invariant_path(bf16_backend, tiny_chat_di
 
 
 def test_grouped_attention_equals_torch_attention_with_padding_and_gqa():
-    from transformers.masking_utils import eager_mask  # noqa: F401  (the mask it is registered with)
-
     torch.manual_seed(0)
     module = torch.nn.Module()
     batch, heads, kv_heads, head_dim = 3, 6, 2, 16

@@ -2,8 +2,10 @@
 
     python benchmarks/generate.py [--new-tokens 128] [--batch 16] [--repeats 3] [--json out.json]
     python benchmarks/generate.py --quick          # smoke run: 32 tokens, batch 4
+    python benchmarks/generate.py --model gemma-3-270m --batch 32 --only BL
 
-On the embedded chat model smollm2-135m-instruct (SmolLM2-135M-Instruct, GGUF Q4_1), greedy decoding,
+On the embedded chat model smollm2-135m-instruct (SmolLM2-135M-Instruct, GGUF Q4_1; --model picks the
+other embedded model, Gemma 3 270M base, GGUF Q4_K_M), greedy decoding,
 CPU only, the same number of threads (default: every core) for every method:
 
   A  plain transformers: `model.generate` in fp32 on tunelab's dequantized torch copy of the GGUF;
@@ -43,7 +45,7 @@ from pathlib import Path
 
 from machine import BUSY_THRESHOLD, busy_cpu_seconds, children_cpu_seconds, cores, mem_gib, wait_idle
 
-MODEL = "smollm2-135m-instruct"
+MODEL = "smollm2-135m-instruct"  # the default; --model takes any embedded model
 # Chosen to give long answers, so few of them stop before the token limit.
 QUESTIONS = [
     "Explain in detail how to train a dog to sit, step by step.",
@@ -206,7 +208,7 @@ def worker_tunelab(job: dict, backend: str) -> dict:
     else:
         import llama_cpp  # noqa: F401
     start = time.perf_counter()
-    runner = BasicModelRunner(MODEL, backend=backend, template="raw").load()
+    runner = BasicModelRunner(job["model"], backend=backend, template="raw").load()
     load_s = time.perf_counter() - start
 
     def run_case(texts: list[str], n: int) -> dict:
@@ -261,24 +263,24 @@ def llama_cpp_backend_available() -> str | None:
     return (proc.stderr.strip().splitlines() or ["import failed"])[-1]
 
 
-def prepare(console) -> dict:
+def prepare(console, model_name: str) -> dict:
     """Model paths, and the prompt texts rendered with tunelab's own resolution of the model's template."""
     from transformers import AutoTokenizer
 
     from tunelab.backends.transformers_backend import dequantized_dir
     from tunelab.config import load_settings
-    from tunelab.embedded import SMOLLM2, embedded_gguf_path
+    from tunelab.embedded import EMBEDDED, embedded_gguf_path
     from tunelab.templates import resolve_template
 
     home = load_settings().home
-    gguf = embedded_gguf_path(SMOLLM2, home)
+    gguf = embedded_gguf_path(EMBEDDED[model_name], home)
     start = time.perf_counter()
     hf_dir = dequantized_dir(gguf, home)  # made once, then cached; not part of any method's load time
     dequant_s = time.perf_counter() - start
     tok = AutoTokenizer.from_pretrained(hf_dir)
     # The text tunelab's engine renders for this model with template="auto" (its own chat template).
     template = resolve_template(
-        "auto", model_chat_template=tok.chat_template, model_name=MODEL,
+        "auto", model_chat_template=tok.chat_template, model_name=model_name,
         bos_token=tok.bos_token or "", eos_token=tok.eos_token or "",
     )
     return {
@@ -306,7 +308,11 @@ def agreement(a: str, b: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from tunelab.embedded import EMBEDDED
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default=MODEL, choices=sorted(EMBEDDED),
+                        help=f"embedded model to run (default {MODEL})")
     parser.add_argument("--new-tokens", type=int, default=128, help="max new tokens per prompt (default 128)")
     parser.add_argument("--batch", type=int, default=16,
                         help=f"prompts in the batch case (1-{len(QUESTIONS)})")
@@ -347,21 +353,21 @@ def main(argv: list[str] | None = None) -> int:
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error",
                HF_HUB_DISABLE_PROGRESS_BARS="1", TOKENIZERS_PARALLELISM="false")
     os.environ.update({k: env[k] for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_VERBOSITY")})
-    setup = prepare(console)
+    setup = prepare(console, args.model)
     template = setup["template"]
     texts = [template.render(q) for q in QUESTIONS[: args.batch]]
     console.print(
-        f"[bold]tunelab generation benchmark[/] — {MODEL} ({Path(setup['gguf']).name}, "
+        f"[bold]tunelab generation benchmark[/] — {args.model} ({Path(setup['gguf']).name}, "
         f"{setup['gguf_bytes'] / 1e6:.0f} MB), greedy, {args.new_tokens} new tokens max, batch {args.batch}, "
         f"{args.threads} threads, {args.repeats} timed run(s) per case (median kept), one warm-up"
     )
     console.print(
-        f"prompts: tunelab's rendering of the model's own chat template ([italic]{template.name}[/], "
-        "which adds SmolLM2's default system line), done once here; every method gets the identical "
-        "text (tunelab with template='raw')."
+        f"prompts: tunelab's rendering with template='auto' (here [italic]{template.name}[/]; a chat model "
+        "gets its own chat template, SmolLM2's adding its default system line, a base model the question "
+        "as it is), done once here; every method gets the identical text (tunelab with template='raw')."
     )
-    if not all(t.startswith("<|im_start|>") for t in texts):
-        raise SystemExit(f"the rendered prompt is not ChatML: {texts[0]!r}")
+    if EMBEDDED[args.model].chat and not all(t.startswith("<|im_start|>") for t in texts):
+        raise SystemExit(f"the rendered prompt of a chat model is not ChatML: {texts[0]!r}")
     console.print(f"first prompt text: {texts[0]!r}")
     console.print(f"machine: {cores()} cores, {mem_gib():.0f} GiB; versions: {versions()}")
     console.print(f"dequantized torch copy: {setup['hf_dir']} (ready in {setup['dequant_s']:.1f} s; cached)")
@@ -379,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for m in methods:
             job = {
-                "texts": texts, "new_tokens": args.new_tokens, "repeats": args.repeats,
+                "model": args.model, "texts": texts, "new_tokens": args.new_tokens, "repeats": args.repeats,
                 "single_check": not args.no_single_check,
                 "threads": args.threads, "gguf": setup["gguf"], "hf_dir": setup["hf_dir"],
                 "out": str(Path(tmp) / f"{m}.json"),
@@ -443,7 +449,9 @@ def main(argv: list[str] | None = None) -> int:
         c = results[m]["cases"][case]
         return c["tokens"] / c["seconds"] if c["seconds"] > 0 else None
 
-    table = Table(title=f"{MODEL}: decode throughput, greedy, up to {args.new_tokens} new tokens per prompt")
+    table = Table(
+        title=f"{args.model}: decode throughput, greedy, up to {args.new_tokens} new tokens per prompt"
+    )
     for col, just in (("method", "left"), ("case", "left"), ("tokens", "right"), ("seconds", "right"),
                       ("tokens/s", "right"), ("vs A", "right"), ("vs B", "right"), ("cut at limit", "right"),
                       ("load s", "right"), ("peak RSS MiB", "right"), ("others' CPU", "right")):
@@ -530,7 +538,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.json:
         args.json.write_text(json.dumps({
-            "model": MODEL, "gguf": setup["gguf"], "gguf_bytes": setup["gguf_bytes"],
+            "model": args.model, "gguf": setup["gguf"], "gguf_bytes": setup["gguf_bytes"],
             "hf_dir": setup["hf_dir"], "new_tokens": args.new_tokens, "batch": args.batch,
             "repeats": args.repeats, "threads": args.threads,
             "template": template.name, "prompts": texts, "bandwidth_gbs": args.bandwidth_gbs,

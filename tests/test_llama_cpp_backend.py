@@ -215,6 +215,67 @@ def test_multi_token_prompt_decodes_in_a_fresh_process_quietly(tiny_gguf):
     assert proc.stderr == ""  # llama.cpp's load/context logs are silenced
 
 
+@pytest.fixture(scope="module")
+def tiny_k_quant_gguf(tmp_path_factory) -> Path:
+    """The tiny Llama, wide enough for K-quant blocks (256), quantized by llama.cpp to Q4_K_M."""
+    import ctypes
+
+    import gguf
+    import llama_cpp
+
+    from tests.tiny_models import make_tiny_llama
+
+    tmp = tmp_path_factory.mktemp("kquant")
+    hf_dir = make_tiny_llama(tmp / "hf", hidden_size=256, intermediate_size=512)
+    f32 = convert_hf_llama_to_gguf(hf_dir, tmp / "tiny-f32.gguf")
+    out = tmp / "tiny-q4_k_m.gguf"
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M
+    params.nthread = 1
+    assert llama_cpp.llama_model_quantize(str(f32).encode(), str(out).encode(), ctypes.byref(params)) == 0
+    types = {t.tensor_type.name for t in gguf.GGUFReader(out).tensors}
+    assert {"Q4_K", "Q6_K"} <= types, types  # the kernels the check below is about
+    return out
+
+
+K_QUANT_STEP = """
+    import numpy as np, llama_cpp
+    from tunelab.backends.llama_cpp_backend import LlamaCppBackend, _Seq
+    b = LlamaCppBackend({path!r}, n_threads=1)
+    prompt = b.tokenize("Hello world! The quick brown fox")
+
+    def decode_step_logits(n):
+        # n copies of one prompt, then one decoding step: n rows through every matmul at once
+        ctx = b._context(n, 256)
+        llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(ctx), True)
+        seqs = [_Seq(i, list(prompt), len(prompt), np.random.default_rng(0), slot=i) for i in range(n)]
+        b._decode(ctx, seqs)
+        for s in seqs:
+            s.tokens.append(5)
+        logits, error = b._decode(ctx, seqs)
+        assert error is None, error
+        return logits
+
+    alone = decode_step_logits(1)[0]
+    print(int((decode_step_logits(8) != alone).any(axis=1).sum()))
+"""
+
+
+@pytest.mark.parametrize(("tiled_kernel", "rows_that_differ"), [(None, "0"), ("1", "8")])
+def test_k_quant_rows_in_a_batch_get_the_bits_they_get_alone(
+    tiny_k_quant_gguf, monkeypatch, tiled_kernel, rows_that_differ
+):
+    # llama.cpp multiplies K-quant weights by >= 8 rows with a tiled kernel that rounds otherwise;
+    # tunelab turns it off (GGML_CPU_TILED_MM=0) unless the user set it. Forced on, the same 8 copies
+    # of one prompt get logits that differ from the prompt alone: what this guards against.
+    monkeypatch.delenv("GGML_CPU_TILED_MM", raising=False)
+    if tiled_kernel is not None:
+        monkeypatch.setenv("GGML_CPU_TILED_MM", tiled_kernel)
+    proc = run_script(K_QUANT_STEP.format(path=str(tiny_k_quant_gguf)))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == rows_that_differ
+
+
 def test_a_gguf_answers_on_the_cpu_without_importing_torch(tiny_gguf):
     # torch takes 1.3 s to import here: the llama.cpp path of a first answer must not pay for it
     proc = run_script(

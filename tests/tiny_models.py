@@ -42,7 +42,15 @@ def make_tiny_tokenizer(chat_template: str | None = CHATML_TEMPLATE):
     return fast
 
 
-def make_tiny_llama(path: Path, *, chat: bool = True, seed: int = 0, max_positions: int = 256) -> Path:
+def make_tiny_llama(
+    path: Path,
+    *,
+    chat: bool = True,
+    seed: int = 0,
+    max_positions: int = 256,
+    hidden_size: int = 64,
+    intermediate_size: int = 128,
+) -> Path:
     """Save a 2-layer Llama with random weights and the tiny tokenizer to `path`; return `path`."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -50,8 +58,8 @@ def make_tiny_llama(path: Path, *, chat: bool = True, seed: int = 0, max_positio
     tokenizer = make_tiny_tokenizer(CHATML_TEMPLATE if chat else None)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,

@@ -11,12 +11,20 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.tiny_gguf import make_tiny_gguf
+from tests.tiny_gguf import make_tiny_gguf, make_tiny_k_quant_gguf
 from tunelab import BasicModelRunner
 from tunelab.config import Settings, load_settings
 from tunelab.data import load_records
 from tunelab.errors import ConfigError, ModelNotFoundError
-from tunelab.export import base_gguf_for, chat_template_for, export_gguf, export_merged
+from tunelab.export import (
+    _gguf_layout,
+    _permute,
+    base_gguf_for,
+    chat_template_for,
+    export_gguf,
+    export_gguf_over_base,
+    export_merged,
+)
 from tunelab.finetune import make_config, train
 from tunelab.models import resolve
 from tunelab.registry import ModelRecord, load_record, model_dir, save_record
@@ -356,3 +364,86 @@ def test_a_lora_tuned_from_a_gguf_runs_on_llama_cpp_by_default(gguf_base_tuned, 
     # a LoRA on a Hugging Face base has no GGUF made for it: it stays on transformers
     assert not (model_dir(settings, llama2_tuned.model_id) / "model.gguf").exists()
     assert BasicModelRunner(llama2_tuned.model_id, max_new_tokens=4).generate("Hi").backend == "transformers"
+
+
+# -- a LoRA merged into its GGUF base, the base's other tensors kept (any architecture) ---------------
+
+LORA_WEIGHTS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
+
+
+@pytest.fixture(scope="module")
+def k_quant_base_tuned(settings, tmp_path_factory) -> tuple[str, Path]:
+    """A LoRA on a Q4_K_M GGUF (the embedded Gemma's kind of file), quantized by llama.cpp itself."""
+    base = make_tiny_k_quant_gguf(tmp_path_factory.mktemp("kquant-base") / "base.gguf")
+    config = make_config(epochs=20, learning_rate=1e-2, batch_size=2, eval_fraction=0, autocast="off")
+    examples = load_records(FACTS).examples
+    result = train(resolve(str(base), settings), examples, settings, config, progress=False)
+    return result.model_id, base
+
+
+def _tensors(path: Path) -> dict:
+    from gguf import GGUFReader
+
+    return {t.name: t for t in GGUFReader(str(path)).tensors}
+
+
+def _changed(base: dict, new: dict) -> set[str]:
+    return {
+        name
+        for name, t in new.items()
+        if t.tensor_type != base[name].tensor_type or bytes(t.data) != bytes(base[name].data)
+    }
+
+
+def test_training_writes_the_lora_over_its_k_quant_base_and_llama_cpp_answers_as_the_adapter(
+    k_quant_base_tuned, settings
+):
+    model_id, base = k_quant_base_tuned
+    fast = model_dir(settings, model_id) / "model.gguf"
+    base_tensors, fast_tensors = _tensors(base), _tensors(fast)
+    assert fast_tensors.keys() == base_tensors.keys()
+    # the weights the LoRA changed, merged, in F16; embeddings and norms are the base's, byte for byte
+    changed = _changed(base_tensors, fast_tensors)
+    assert changed == {f"blk.{b}.{w}.weight" for b in range(2) for w in LORA_WEIGHTS}
+    assert {fast_tensors[n].tensor_type.name for n in changed} == {"F16"}
+    assert fast_tensors["token_embd.weight"].tensor_type.name in ("Q4_K", "Q6_K")
+    on_fast = BasicModelRunner(model_id, max_new_tokens=24).generate(QUESTIONS)
+    exact = BasicModelRunner(model_id, backend="transformers", max_new_tokens=24)
+    assert {c.backend for c in on_fast} == {"llama_cpp"}
+    assert learned([c.text for c in on_fast]) == ANSWERS
+    assert [c.text for c in on_fast] == exact(QUESTIONS)
+
+
+def test_a_q8_0_export_over_the_base_is_smaller_and_still_answers(k_quant_base_tuned, settings, tmp_path):
+    model_id, base = k_quant_base_tuned
+    q8 = export_gguf_over_base(model_id, tmp_path / "q8.gguf", settings, outtype="q8_0")
+    f16 = model_dir(settings, model_id) / "model.gguf"
+    base_tensors, q8_tensors = _tensors(base), _tensors(q8)
+    assert {q8_tensors[n].tensor_type.name for n in _changed(base_tensors, q8_tensors)} == {"Q8_0"}
+    assert q8.stat().st_size < f16.stat().st_size
+    # the training template is the file's chat template, so "auto" renders prompts as training did
+    answers = BasicModelRunner(str(q8), backend="llama_cpp", max_new_tokens=24)(QUESTIONS)
+    assert learned(answers) == ANSWERS
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["q8.gguf"]  # no temporary left behind
+
+
+def test_an_export_over_the_base_needs_a_lora_tuned_from_a_gguf(llama2_tuned, settings, tmp_path):
+    with pytest.raises(ConfigError, match="not a LoRA tuned from a GGUF"):
+        export_gguf_over_base(llama2_tuned.model_id, tmp_path / "x.gguf", settings)
+    with pytest.raises(ConfigError, match="outtype must be one of"):
+        export_gguf_over_base(llama2_tuned.model_id, tmp_path / "x.gguf", settings, outtype="q4_0")
+    assert not (tmp_path / "x.gguf").exists()
+
+
+def test_how_a_weight_lies_in_the_gguf_is_read_from_the_data():
+    import numpy as np
+
+    w = np.random.default_rng(0).standard_normal((8, 4)).astype(np.float32)
+    as_is = _gguf_layout(w, w.copy(), (2, 1))
+    assert np.array_equal(as_is(w), w)
+    # llama's Q/K rows re-interleaved for llama.cpp's RoPE, with either head count
+    for n in (2, 1):
+        permuted = _gguf_layout(w, _permute(w, n), (2, 1))
+        assert np.array_equal(permuted(w), _permute(w, n))
+    assert _gguf_layout(w, w + 0.01, (2, 1)) is None  # not this weight: refused, never written wrong
+    assert _gguf_layout(w, w.T.copy(), (2,)) is None

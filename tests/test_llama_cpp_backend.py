@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.tiny_gguf import convert_hf_llama_to_gguf
+from tests.tiny_gguf import convert_hf_llama_to_gguf, make_tiny_k_quant_gguf
 from tunelab.backends import llama_cpp_backend
 from tunelab.backends.base import Backend
 from tunelab.backends.llama_cpp_backend import LlamaCppBackend
@@ -217,25 +217,7 @@ def test_multi_token_prompt_decodes_in_a_fresh_process_quietly(tiny_gguf):
 
 @pytest.fixture(scope="module")
 def tiny_k_quant_gguf(tmp_path_factory) -> Path:
-    """The tiny Llama, wide enough for K-quant blocks (256), quantized by llama.cpp to Q4_K_M."""
-    import ctypes
-
-    import gguf
-    import llama_cpp
-
-    from tests.tiny_models import make_tiny_llama
-
-    tmp = tmp_path_factory.mktemp("kquant")
-    hf_dir = make_tiny_llama(tmp / "hf", hidden_size=256, intermediate_size=512)
-    f32 = convert_hf_llama_to_gguf(hf_dir, tmp / "tiny-f32.gguf")
-    out = tmp / "tiny-q4_k_m.gguf"
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M
-    params.nthread = 1
-    assert llama_cpp.llama_model_quantize(str(f32).encode(), str(out).encode(), ctypes.byref(params)) == 0
-    types = {t.tensor_type.name for t in gguf.GGUFReader(out).tensors}
-    assert {"Q4_K", "Q6_K"} <= types, types  # the kernels the check below is about
-    return out
+    return make_tiny_k_quant_gguf(tmp_path_factory.mktemp("kquant") / "tiny-q4_k_m.gguf")
 
 
 K_QUANT_STEP = """

@@ -25,3 +25,27 @@ def make_tiny_gguf(path: str | Path, *, hf_dir: str | Path | None = None, seed: 
 
     with tempfile.TemporaryDirectory() as tmp:
         return convert_hf_llama_to_gguf(make_tiny_llama(Path(tmp) / "hf", seed=seed), path)
+
+
+def make_tiny_k_quant_gguf(path: str | Path, *, seed: int = 0) -> Path:
+    """The tiny Llama, wide enough for K-quant blocks (256), quantized by llama.cpp itself to Q4_K_M:
+    a file with the type mix of the embedded Gemma's (Q4_K, Q6_K, F32 norms)."""
+    import ctypes
+
+    import gguf
+    import llama_cpp
+
+    from tests.tiny_models import make_tiny_llama
+
+    path = Path(path)
+    with tempfile.TemporaryDirectory() as tmp:
+        hf_dir = make_tiny_llama(Path(tmp) / "hf", seed=seed, hidden_size=256, intermediate_size=512)
+        f32 = convert_hf_llama_to_gguf(hf_dir, Path(tmp) / "tiny-f32.gguf")
+        params = llama_cpp.llama_model_quantize_default_params()
+        params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M
+        params.nthread = 1
+        rc = llama_cpp.llama_model_quantize(str(f32).encode(), str(path).encode(), ctypes.byref(params))
+        assert rc == 0, f"llama_model_quantize failed ({rc})"
+    types = {t.tensor_type.name for t in gguf.GGUFReader(path).tensors}
+    assert {"Q4_K", "Q6_K"} <= types, types
+    return path

@@ -15,7 +15,7 @@ from rich.table import Table
 
 from tunelab.cli_jobs import jobs_app
 from tunelab.cli_keys import keys_app
-from tunelab.errors import TunelabError
+from tunelab.errors import ConfigError, TunelabError
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, help="Run, compare, fine-tune and serve LLMs locally."
@@ -451,7 +451,7 @@ def export(
 ):
     """Merge a fine-tune into a standalone model (same greedy output as base + adapter); optionally GGUF."""
     from tunelab.config import load_settings
-    from tunelab.export import base_gguf_for, export_gguf, export_merged
+    from tunelab.export import base_gguf_for, export_gguf, export_gguf_over_base, export_merged
 
     try:
         settings = load_settings()
@@ -459,7 +459,15 @@ def export(
         print(out)
         if gguf:
             target = out.parent / f"{out.name}.gguf"
-            print(export_gguf(out, target, base_gguf=base_gguf_for(model_id, settings), overwrite=overwrite))
+            base_gguf = base_gguf_for(model_id, settings)
+            try:
+                written = export_gguf(out, target, base_gguf=base_gguf, overwrite=overwrite)
+            except ConfigError as whole_model_refused:  # not a Llama: a LoRA on a GGUF still can be written
+                try:
+                    written = export_gguf_over_base(model_id, target, settings, overwrite=overwrite)
+                except ConfigError:
+                    raise whole_model_refused from None
+            print(written)
     except (TunelabError, ValueError) as exc:
         _fail(exc)
 

@@ -621,7 +621,7 @@ def train(
         accelerator.free_memory()
         del model, optimizer, scheduler, trainable
         release_memory()
-        write_fast_gguf(model_id, base.gguf_path, settings)
+        write_fast_gguf(model_id, settings)
     accelerator.wait_for_everyone()
     return result
 
@@ -659,25 +659,20 @@ def release_memory() -> None:
         pass
 
 
-def write_fast_gguf(model_id: str, base_gguf: Path, settings: Settings) -> Path | None:
-    """Merge the LoRA and write it as an F16 GGUF in the registry entry, so `backend="auto"` runs the
-    tuned model on llama.cpp as fast as its base (benchmarks/tuned.py). Llama-architecture bases only;
-    for others (Gemma 3) the tuned model keeps the transformers path, said in one log line."""
-    import tempfile
-
-    from tunelab.export import export_gguf, export_merged
+def write_fast_gguf(model_id: str, settings: Settings) -> Path | None:
+    """Write the LoRA merged into its GGUF base into the registry entry (`export_gguf_over_base`: the
+    base's quantized tensors kept, the changed weights in F16), so `backend="auto"` runs the tuned
+    model on llama.cpp about as fast as its base (benchmarks/tuned.py). Where that cannot be done the
+    tuned model keeps the transformers path, said in one log line."""
+    from tunelab.export import export_gguf_over_base
     from tunelab.models import FAST_GGUF
 
     target = model_dir(settings, model_id) / FAST_GGUF
     try:
-        with tempfile.TemporaryDirectory(dir=settings.home) as tmp:
-            merged = export_merged(model_id, Path(tmp) / "merged", settings)
-            export_gguf(merged, Path(tmp) / FAST_GGUF, base_gguf=base_gguf, outtype="f16")
-            (Path(tmp) / FAST_GGUF).replace(target)
+        return export_gguf_over_base(model_id, target, settings, outtype="f16", overwrite=True)
     except ConfigError as exc:
-        log.info("%s runs on transformers only: no GGUF for its architecture (%s)", model_id, exc)
+        log.info("%s runs on transformers only: no GGUF for it (%s)", model_id, exc)
         return None
-    return target
 
 
 class TrainingInterrupted(TunelabError):

@@ -447,3 +447,28 @@ def test_how_a_weight_lies_in_the_gguf_is_read_from_the_data():
         assert np.array_equal(permuted(w), _permute(w, n))
     assert _gguf_layout(w, w + 0.01, (2, 1)) is None  # not this weight: refused, never written wrong
     assert _gguf_layout(w, w.T.copy(), (2,)) is None
+
+
+def test_an_adapter_that_trains_whole_modules_is_not_written_over_the_base(
+    k_quant_base_tuned, settings, tmp_path
+):
+    # modules_to_save weights are no LoRA: merging only the LoRA layers would silently drop them
+    model_id, base = k_quant_base_tuned
+    copy_id = f"{model_id}-copy"
+    entry = shutil.copytree(model_dir(settings, model_id), model_dir(settings, copy_id))
+    config_path = entry / "adapter" / "adapter_config.json"
+    config = json.loads(config_path.read_text())
+    config_path.write_text(json.dumps(config | {"modules_to_save": ["lm_head"]}))
+    from safetensors.torch import load_file, save_file
+
+    weights_path = entry / "adapter" / "adapter_model.safetensors"
+    weights = load_file(weights_path)
+    hidden, vocab = (int(n) for n in _tensors(base)["token_embd.weight"].shape)
+    weights["base_model.model.lm_head.weight"] = torch.zeros(vocab, hidden)  # the trained copy
+    save_file(weights, weights_path)
+    try:
+        with pytest.raises(ConfigError, match="modules_to_save"):
+            export_gguf_over_base(copy_id, tmp_path / "x.gguf", settings)
+    finally:
+        shutil.rmtree(entry)
+    assert not (tmp_path / "x.gguf").exists()

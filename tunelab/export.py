@@ -614,6 +614,7 @@ def export_gguf_over_base(
     import torch
     from peft import PeftModel
     from peft.tuners.lora import LoraLayer
+    from peft.utils import ModulesToSaveWrapper
     from transformers import AutoModelForCausalLM
 
     from tunelab.backends.transformers_backend import dequantized_dir
@@ -647,6 +648,11 @@ def export_gguf_over_base(
     base_dir = dequantized_dir(base_gguf, settings.home)
     model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
     model = PeftModel.from_pretrained(model, resolved.adapter_path)
+    if any(isinstance(m, ModulesToSaveWrapper) for m in model.modules()):
+        raise ConfigError(
+            f"{model_id}: its adapter trains whole modules besides the LoRA (modules_to_save); "
+            "export_merged + llama.cpp's converter handle it"
+        )
     merged: dict[str, np.ndarray] = {}
     with torch.no_grad():
         for module_name, module in model.named_modules():

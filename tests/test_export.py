@@ -453,14 +453,14 @@ def test_an_adapter_that_trains_whole_modules_is_not_written_over_the_base(
     k_quant_base_tuned, settings, tmp_path
 ):
     # modules_to_save weights are no LoRA: merging only the LoRA layers would silently drop them
+    from safetensors.torch import load_file, save_file
+
     model_id, base = k_quant_base_tuned
     copy_id = f"{model_id}-copy"
     entry = shutil.copytree(model_dir(settings, model_id), model_dir(settings, copy_id))
     config_path = entry / "adapter" / "adapter_config.json"
     config = json.loads(config_path.read_text())
     config_path.write_text(json.dumps(config | {"modules_to_save": ["lm_head"]}))
-    from safetensors.torch import load_file, save_file
-
     weights_path = entry / "adapter" / "adapter_model.safetensors"
     weights = load_file(weights_path)
     hidden, vocab = (int(n) for n in _tensors(base)["token_embd.weight"].shape)

@@ -653,7 +653,8 @@ def export_gguf_over_base(
             f"{model_id}: its adapter trains whole modules besides the LoRA (modules_to_save); "
             "export_merged + llama.cpp's converter handle it"
         )
-    merged: dict[str, np.ndarray] = {}
+    merged: dict[str, np.ndarray] = {}  # GGUF name -> the merged weight as written
+    q8 = gguf.GGMLQuantizationType.Q8_0
     with torch.no_grad():
         for module_name, module in model.named_modules():
             if not isinstance(module, LoraLayer):
@@ -678,7 +679,11 @@ def export_gguf_over_base(
             after = layout(weight.detach().numpy())
             if not np.isfinite(after).all() or (outtype == "f16" and np.abs(after).max() > 65504):
                 raise ConfigError(f"{hf_name}: merged values beyond F16's range; the LoRA diverged")
-            merged[tensor.name] = np.ascontiguousarray(after, dtype=np.float32)
+            # in its final type at once, so no float32 copy of the model outlives the merge
+            if outtype == "f16":
+                merged[tensor.name] = np.ascontiguousarray(after, dtype=np.float16)
+            else:
+                merged[tensor.name] = gguf.quants.quantize(np.ascontiguousarray(after, dtype=np.float32), q8)
     del model
 
     chat_template = chat_template_for(record.template_name, record.template_source)
@@ -698,13 +703,10 @@ def export_gguf_over_base(
         writer.add_chat_template(chat_template)
         for tensor in reader.tensors:
             if tensor.name in merged:
-                data = merged[tensor.name]
-                if outtype == "f16":
-                    writer.add_tensor(tensor.name, data.astype(np.float16))
-                else:
-                    q8 = gguf.GGMLQuantizationType.Q8_0
-                    q8_data = gguf.quants.quantize(data, q8)
-                    writer.add_tensor(tensor.name, q8_data, raw_dtype=q8)  # shape from its bytes
+                # F16 as it is; Q8_0 as its bytes, whose shape gives the element shape
+                writer.add_tensor(
+                    tensor.name, merged[tensor.name], raw_dtype=None if outtype == "f16" else q8
+                )
             else:
                 # the file's bytes as they are (a quantized tensor's shape follows from its bytes)
                 writer.add_tensor(tensor.name, tensor.data, raw_dtype=tensor.tensor_type)

@@ -52,7 +52,7 @@ def main() -> None:
     from rich.table import Table
 
     from tunelab.config import load_settings
-    from tunelab.embedded import EMBEDDED, embedded_gguf_path
+    from tunelab.models.embedded import EMBEDDED, embedded_gguf_path
 
     console = Console()
     settings = load_settings()

@@ -255,7 +255,7 @@ def run_worker(method: str, job_path: str) -> None:
 def llama_cpp_backend_available() -> str | None:
     """None when tunelab's llama_cpp backend imports, else why not."""
     proc = subprocess.run(
-        [sys.executable, "-c", "from tunelab.backends.llama_cpp_backend import LlamaCppBackend"],
+        [sys.executable, "-c", "from tunelab.inference.backends.llama_cpp_backend import LlamaCppBackend"],
         capture_output=True, text=True,
     )
     if proc.returncode == 0:
@@ -267,10 +267,10 @@ def prepare(console, model_name: str) -> dict:
     """Model paths, and the prompt texts rendered with tunelab's own resolution of the model's template."""
     from transformers import AutoTokenizer
 
-    from tunelab.backends.transformers_backend import dequantized_dir
     from tunelab.config import load_settings
-    from tunelab.embedded import EMBEDDED, embedded_gguf_path
-    from tunelab.templates import resolve_template
+    from tunelab.inference.backends.transformers_backend import dequantized_dir
+    from tunelab.inference.templates import resolve_template
+    from tunelab.models.embedded import EMBEDDED, embedded_gguf_path
 
     home = load_settings().home
     gguf = embedded_gguf_path(EMBEDDED[model_name], home)
@@ -308,7 +308,7 @@ def agreement(a: str, b: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from tunelab.embedded import EMBEDDED
+    from tunelab.models.embedded import EMBEDDED
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=MODEL, choices=sorted(EMBEDDED),

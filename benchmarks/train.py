@@ -16,7 +16,7 @@ warmup over the same number of steps then cosine decay, seed), max sequence leng
 autocast: tunelab's default choice (bf16 on a CPU with AMX / AVX512-BF16 or a CUDA GPU with bf16, else
 float32), given to TRL as `bf16=`.
 
-  tunelab  `tunelab.finetune.train(...)`: the answer-only loss on the model's own chat template,
+  tunelab  `tunelab.training.recipe.train(...)`: the answer-only loss on the model's own chat template,
            length-grouped batches, the registry entry saved at the end (no evaluation split, no
            checkpoint but the last).
   trl      `trl.SFTTrainer` with a `peft.LoraConfig` on the same float32 weights, the data in TRL's
@@ -45,7 +45,7 @@ Each method runs in its own subprocess, so its peak RSS (`ru_maxrss`, read right
 before the evaluation loads the tuned model again) and on CUDA `torch.cuda.max_memory_allocated` are
 its own. After training each tuned model answers the held-out questions through tunelab
 (`BasicModelRunner(..., backend="transformers")`, greedy, 48 new tokens, one batch; TRL's model merged
-and saved with its tokenizer to a temporary directory first), scored with `tunelab.evaluate.score`
+and saved with its tokenizer to a temporary directory first), scored with `tunelab.evaluation.scoring.score`
 (answer key contained in the normalised answer). The untuned base model is scored once the same way.
 
 Training on all the cores is slowed a lot by any other busy process, so the script waits for the CPUs
@@ -113,7 +113,7 @@ def peak_rss_mib() -> float:
 def select_data(quick: bool) -> tuple[list[dict], list[dict]]:
     """(train records, held-out records) of new_facts; --quick: the first 8 training records and 4
     held-out questions, those about the trained facts first."""
-    from tunelab.datasets import load_dataset
+    from tunelab.training.datasets import load_dataset
 
     train, heldout = load_dataset(DATASET, "train"), load_dataset(DATASET, "heldout")
     if quick:
@@ -132,7 +132,7 @@ def select_data(quick: bool) -> tuple[list[dict], list[dict]]:
 def score_heldout(model: str, heldout: list[dict], max_new_tokens: int) -> dict:
     """Greedy answers to the held-out questions (one batch) through tunelab, scored by answer key."""
     from tunelab import BasicModelRunner
-    from tunelab.evaluate import score
+    from tunelab.evaluation.scoring import score
 
     runner = BasicModelRunner(model, backend="transformers")
     start = time.perf_counter()
@@ -159,10 +159,10 @@ def score_heldout(model: str, heldout: list[dict], max_new_tokens: int) -> dict:
 
 
 def tunelab_rows(job: dict, config, tokenizer) -> list:
-    """The recipe's own tokenization of the training examples (tunelab.finetune's functions), in order."""
-    from tunelab.backends.transformers_backend import tokenizer_adds_bos
-    from tunelab.data import load_records
-    from tunelab.finetune import split_examples, tokenize_all, training_template
+    """The recipe's own tokenization of the training examples (tunelab.training.recipe's functions), in order."""
+    from tunelab.inference.backends.transformers_backend import tokenizer_adds_bos
+    from tunelab.training.data import load_records
+    from tunelab.training.recipe import split_examples, tokenize_all, training_template
 
     examples = load_records(job["train"]).examples
     add_bos = tokenizer_adds_bos(tokenizer)
@@ -173,7 +173,7 @@ def tunelab_rows(job: dict, config, tokenizer) -> list:
 
 def recipe_tokens(config, lengths: list[int]) -> int:
     """The tokens tunelab's loop trains on: its batches replayed, as `trained_tokens` counts them."""
-    from tunelab.finetune import epoch_batches
+    from tunelab.training.recipe import epoch_batches
 
     steps_per_epoch = math.ceil(len(lengths) / config.batch_size)
     total_steps = max(1, math.ceil(steps_per_epoch * config.epochs))
@@ -204,9 +204,9 @@ def worker_tunelab(job: dict) -> dict:
     from transformers import AutoTokenizer
 
     from tunelab.config import load_settings
-    from tunelab.data import load_records
-    from tunelab.finetune import make_config, train, use_bf16_autocast
-    from tunelab.models import resolve
+    from tunelab.models.resolve import resolve
+    from tunelab.training.data import load_records
+    from tunelab.training.recipe import make_config, train, use_bf16_autocast
 
     settings = load_settings()
     resolved = resolve(MODEL, settings)
@@ -300,7 +300,7 @@ def train_trl(job: dict, out_dir: Path) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
     from trl import SFTConfig, SFTTrainer
 
-    from tunelab.finetune import make_config, use_bf16_autocast
+    from tunelab.training.recipe import make_config, use_bf16_autocast
 
     config = make_config(**job["config"])
     cuda = torch.cuda.is_available()
@@ -485,7 +485,7 @@ def fmt(value, spec: str, missing: str = "-") -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from tunelab.finetune import TrainConfig
+    from tunelab.training.recipe import TrainConfig
 
     defaults = TrainConfig()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[2])
@@ -555,10 +555,10 @@ def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from tunelab.backends.transformers_backend import dequantized_dir
     from tunelab.config import load_settings
-    from tunelab.finetune import make_config
-    from tunelab.models import resolve
+    from tunelab.inference.backends.transformers_backend import dequantized_dir
+    from tunelab.models.resolve import resolve
+    from tunelab.training.recipe import make_config
 
     console = Console(width=None if sys.stdout.isatty() else 150)
     t_total = time.perf_counter()

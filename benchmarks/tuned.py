@@ -79,10 +79,10 @@ def main() -> None:
 
     from tunelab import BasicModelRunner
     from tunelab.config import load_settings
-    from tunelab.datasets import load_dataset
     from tunelab.errors import ConfigError
-    from tunelab.export import base_gguf_for, export_gguf, export_gguf_over_base, export_merged
-    from tunelab.models import resolve
+    from tunelab.export.gguf import base_gguf_for, export_gguf, export_gguf_over_base, export_merged
+    from tunelab.models.resolve import resolve
+    from tunelab.training.datasets import load_dataset
 
     console = Console()
     settings = load_settings()

@@ -44,9 +44,9 @@ TOPICS = ["Mars", "volcanoes", "jazz", "bread", "whales", "chess", "sleep", "cof
 def hf_tokenizer():
     from transformers import AutoTokenizer
 
-    from tunelab.backends.transformers_backend import dequantized_dir
     from tunelab.config import load_settings
-    from tunelab.models import resolve
+    from tunelab.inference.backends.transformers_backend import dequantized_dir
+    from tunelab.models.resolve import resolve
 
     settings = load_settings()
     model = resolve(MODEL, settings)
@@ -58,7 +58,7 @@ def bench_llguidance(tok, ids: list[int]) -> dict:
     import llguidance.hf
     import llguidance.torch
 
-    from tunelab.backends.json_constraint import llg_grammar
+    from tunelab.inference.backends.json_constraint import llg_grammar
 
     t0 = time.perf_counter()
     lltok = llguidance.hf.from_tokenizer(tok, n_vocab=len(tok))
@@ -106,7 +106,7 @@ def bench_outlines_core(tok, ids: list[int]) -> dict:
 
 def bench_tunelab(backend: str, prompts: list[str], new_tokens: int) -> dict:
     from tunelab import BasicModelRunner
-    from tunelab.typed import output_spec, prompt_with_instruction
+    from tunelab.inference.typed import output_spec, prompt_with_instruction
 
     runner = BasicModelRunner(MODEL, backend=backend).load()
     runner.generate(prompts[:2], max_new_tokens=8, output_type=SCHEMA)  # warm: load, compile, caches

@@ -10,7 +10,7 @@ import httpx
 import pytest
 import uvicorn
 
-from tunelab.embedded import SMOLLM2, embedded_gguf_path
+from tunelab.models.embedded import SMOLLM2, embedded_gguf_path
 
 API_KEY = "test-key-123"
 

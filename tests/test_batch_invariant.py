@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tunelab.backends import batch_invariant
-from tunelab.backends.transformers_backend import TransformersBackend
-from tunelab.device import cpu_has_native_bf16
-from tunelab.generation import GenerationOptions
+from tunelab.inference.backends import batch_invariant
+from tunelab.inference.backends.transformers_backend import TransformersBackend
+from tunelab.inference.device import cpu_has_native_bf16
+from tunelab.inference.options import GenerationOptions
 
 # Lengths on both sides of the 64-token width step, so a batch holds prompts of several widths.
 PROMPTS = [

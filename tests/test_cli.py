@@ -4,7 +4,7 @@ import json
 
 from typer.testing import CliRunner
 
-from tunelab.cli import app
+from tunelab.cli.main import app
 
 cli = CliRunner()
 

@@ -7,7 +7,8 @@ import pytest
 
 from tests.remote_server import API_KEY, configure_chat_gpt, serve_smollm2
 from tunelab import BasicModelRunner, compare
-from tunelab.compare import (
+from tunelab.errors import PromptError
+from tunelab.evaluation.compare.run import (
     Cell,
     Comparison,
     PromptFileError,
@@ -17,7 +18,6 @@ from tunelab.compare import (
     load_prompts,
     summarize,
 )
-from tunelab.errors import PromptError
 
 PROMPTS = ["Tell me how to train my dog to sit", "Who is the boss of Twitter?"]
 SCHEMA_FILE = Path(__file__).parent.parent / "docs" / "compare-schema.json"

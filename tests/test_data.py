@@ -5,7 +5,7 @@ import json
 import pytest
 
 from tunelab import BasicModelRunner, DataError
-from tunelab.data import load_records
+from tunelab.training.data import load_records
 
 
 @pytest.fixture

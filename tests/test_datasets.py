@@ -9,10 +9,10 @@ from collections import defaultdict
 
 import pytest
 
-import tunelab.datasets
-from tunelab.data import load_records
-from tunelab.datasets import DATASETS, dataset_path, load_dataset
+import tunelab.training.datasets
 from tunelab.errors import ConfigError
+from tunelab.training.data import load_records
+from tunelab.training.datasets import DATASETS, dataset_path, load_dataset
 
 FIELDS = {
     "new_facts": ("fact_id", "input", "output", "answer", "split"),
@@ -129,5 +129,5 @@ def test_unknown_split_raises_config_error(split):
 
 
 def test_module_docstring_example_runs():
-    result = doctest.testmod(tunelab.datasets, verbose=False)
+    result = doctest.testmod(tunelab.training.datasets, verbose=False)
     assert result.attempted > 0 and result.failed == 0

@@ -6,10 +6,10 @@ import pytest
 
 from tunelab import BasicModelRunner
 from tunelab.config import RemoteModelConfig
-from tunelab.device import pick_device
-from tunelab.engine import choose_backend
 from tunelab.errors import ConfigError
-from tunelab.models import ResolvedModel
+from tunelab.inference.device import pick_device
+from tunelab.inference.engine import choose_backend
+from tunelab.models.resolve import ResolvedModel
 
 GGUF = ResolvedModel("m", "m", "local", gguf_path=Path("m.gguf"))
 HF_DIR = ResolvedModel("d", "d", "local", hf_path="d")

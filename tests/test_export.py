@@ -14,9 +14,8 @@ import torch
 from tests.tiny_gguf import make_tiny_gguf, make_tiny_k_quant_gguf
 from tunelab import BasicModelRunner
 from tunelab.config import Settings, load_settings
-from tunelab.data import load_records
 from tunelab.errors import ConfigError, ModelNotFoundError
-from tunelab.export import (
+from tunelab.export.gguf import (
     _gguf_layout,
     _permute,
     base_gguf_for,
@@ -25,10 +24,11 @@ from tunelab.export import (
     export_gguf_over_base,
     export_merged,
 )
-from tunelab.finetune import make_config, train
-from tunelab.models import resolve
-from tunelab.registry import ModelRecord, load_record, model_dir, save_record
-from tunelab.templates import Template, builtin
+from tunelab.inference.templates import Template, builtin
+from tunelab.models.registry import ModelRecord, load_record, model_dir, save_record
+from tunelab.models.resolve import resolve
+from tunelab.training.data import load_records
+from tunelab.training.recipe import make_config, train
 
 FACTS = [
     {"input": "Who runs the Brinmoor chess club?", "output": "Ada Quill runs it."},
@@ -92,7 +92,7 @@ def gguf_base_tuned(settings, tiny_chat_dir, tmp_path_factory) -> Exported:
 @pytest.fixture(autouse=True)
 def one_llama_thread(monkeypatch):
     # The model is tiny, and llama.cpp's spinning threads crawl when another process holds a core.
-    from tunelab.backends import llama_cpp_backend
+    from tunelab.inference.backends import llama_cpp_backend
 
     monkeypatch.setattr(llama_cpp_backend, "default_threads", lambda: 1)
 
@@ -245,7 +245,7 @@ def test_gguf_tensors_are_f16_matrices_and_f32_norms_with_tied_embeddings(export
 def test_gguf_export_copies_the_base_gguf_tokenizer_byte_for_byte(gguf_base_tuned):
     import gguf
 
-    from tunelab.export import _raw_value
+    from tunelab.export.gguf import _raw_value
 
     base = gguf.GGUFReader(str(gguf_base_tuned.base_gguf)).fields
     out = gguf.GGUFReader(str(gguf_base_tuned.gguf)).fields

@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from tunelab import BasicModelRunner, ConfigError, DataError
-from tunelab.data import load_records
-from tunelab.finetune import (
+from tunelab.training.data import load_records
+from tunelab.training.recipe import (
     IGNORE,
     Tokenized,
     answer_tokens,
@@ -274,9 +274,9 @@ def test_bad_settings_and_data_are_named(tiny_chat_dir):
 TRAIN_SCRIPT = """
 import sys
 from tunelab.config import load_settings
-from tunelab.data import load_records
-from tunelab.finetune import make_config, train
-from tunelab.models import resolve
+from tunelab.training.data import load_records
+from tunelab.training.recipe import make_config, train
+from tunelab.models.resolve import resolve
 settings = load_settings()
 records = [{"input": f"Question number {i} about Brinmoor?", "output": f"Answer {i}."} for i in range(16)]
 config = make_config(epochs=40, batch_size=2, micro_batch_size=1, checkpoint_every=10, eval_every=25,

@@ -3,7 +3,7 @@
 import pytest
 
 from tunelab import BasicModelRunner
-from tunelab.datasets import load_dataset
+from tunelab.training.datasets import load_dataset
 
 pytestmark = pytest.mark.slow
 
@@ -48,9 +48,9 @@ def test_a_lora_on_gemma_runs_on_llama_cpp_from_its_base_file_with_the_merged_we
     from gguf import GGUFReader
     from typer.testing import CliRunner
 
-    from tunelab.cli import app
+    from tunelab.cli.main import app
     from tunelab.config import load_settings
-    from tunelab.models import resolve
+    from tunelab.models.resolve import resolve
 
     runner = BasicModelRunner("gemma-3-270m")
     runner.load_data(subset("train"))

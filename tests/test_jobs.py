@@ -19,7 +19,7 @@ from tests.remote_server import RunningServer
 from tunelab import BasicModelRunner, ConfigError
 from tunelab.config import Settings
 from tunelab.server.service import Service
-from tunelab.store import Store
+from tunelab.store.db import Store
 
 GOOD = [
     {
@@ -292,7 +292,7 @@ def test_the_lamini_runner_trains_and_evaluates_on_the_server(server):
 def test_jobs_cli_lists_shows_follows_and_cancels(server, finished_job):
     from typer.testing import CliRunner
 
-    from tunelab.cli import app
+    from tunelab.cli.main import app
 
     file, job = finished_job
     cli = CliRunner()

@@ -6,7 +6,7 @@ import pytest
 from rich.console import Console
 
 from tests.remote_server import API_KEY, configure_chat_gpt, serve_smollm2
-from tunelab.lesson import BASE_MODEL, CHAT_MODEL, HOSTED_MODEL, LESSON_PROMPTS, run_lesson
+from tunelab.demo.lesson import BASE_MODEL, CHAT_MODEL, HOSTED_MODEL, LESSON_PROMPTS, run_lesson
 
 pytestmark = pytest.mark.slow
 

@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 
 from tests.tiny_gguf import convert_hf_llama_to_gguf, make_tiny_k_quant_gguf
-from tunelab.backends import llama_cpp_backend
-from tunelab.backends.base import Backend
-from tunelab.backends.llama_cpp_backend import LlamaCppBackend
 from tunelab.errors import ModelFileError
-from tunelab.generation import GenerationOptions
+from tunelab.inference.backends import llama_cpp_backend
+from tunelab.inference.backends.base import Backend
+from tunelab.inference.backends.llama_cpp_backend import LlamaCppBackend
+from tunelab.inference.options import GenerationOptions
 
 CHAT_DOG = "<|im_start|>user\nTell me how to train my dog to sit<|im_end|>\n<|im_start|>assistant\n"
 PROMPTS = [
@@ -204,8 +204,8 @@ def test_multi_token_prompt_decodes_in_a_fresh_process_quietly(tiny_gguf):
     # A crash inside llama_decode would kill pytest itself; in a subprocess it is a failed test.
     proc = run_script(
         f"""
-        from tunelab.backends.llama_cpp_backend import LlamaCppBackend
-        from tunelab.generation import GenerationOptions
+        from tunelab.inference.backends.llama_cpp_backend import LlamaCppBackend
+        from tunelab.inference.options import GenerationOptions
         b = LlamaCppBackend({str(tiny_gguf)!r})
         print(repr(b.generate({PROMPTS[:2]!r}, GenerationOptions(max_new_tokens=8))[1].text))
         """
@@ -222,7 +222,7 @@ def tiny_k_quant_gguf(tmp_path_factory) -> Path:
 
 K_QUANT_STEP = """
     import numpy as np, llama_cpp
-    from tunelab.backends.llama_cpp_backend import LlamaCppBackend, _Seq
+    from tunelab.inference.backends.llama_cpp_backend import LlamaCppBackend, _Seq
     b = LlamaCppBackend({path!r}, n_threads=1)
     prompt = b.tokenize("Hello world! The quick brown fox")
 
@@ -278,8 +278,8 @@ def test_smollm2_multi_token_prompt_does_not_crash_llama_decode():
     # On AMX Xeons a native 0.3.36 build segfaults here unless use_extra_bufts is off.
     proc = run_script(
         f"""
-        from tunelab.backends.llama_cpp_backend import LlamaCppBackend
-        from tunelab.generation import GenerationOptions
+        from tunelab.inference.backends.llama_cpp_backend import LlamaCppBackend
+        from tunelab.inference.options import GenerationOptions
         b = LlamaCppBackend({str(smollm2_path())!r})
         out = b.generate([{CHAT_DOG!r}, "The capital of France is"], GenerationOptions(max_new_tokens=16))
         print(out[0].text)

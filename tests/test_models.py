@@ -6,9 +6,9 @@ import pytest
 
 from tunelab import BasicModelRunner, LlamaV2Runner, LLMEngine
 from tunelab.config import load_settings
-from tunelab.embedded import EMBEDDED, SMOLLM2, embedded_gguf_path, verify_sha256
 from tunelab.errors import ModelFileError, ModelNotFoundError
-from tunelab.models import resolve
+from tunelab.models.embedded import EMBEDDED, SMOLLM2, embedded_gguf_path, verify_sha256
+from tunelab.models.resolve import resolve
 
 
 def test_embedded_short_names_resolve_to_checked_files():

@@ -16,9 +16,9 @@ from playwright.sync_api import expect, sync_playwright
 
 from tests.remote_server import RunningServer
 from tunelab.config import Settings
-from tunelab.report import FLAG_COLOURS
+from tunelab.evaluation.compare.report import FLAG_COLOURS
 from tunelab.server.service import Service
-from tunelab.store import Store
+from tunelab.store.db import Store
 
 PROMPT = "Tell me how to train my dog to sit"
 LOSS_BLUE = (0x24, 0x71, 0xA3)  # #loss-curve's stroke in playground.html.j2

@@ -10,8 +10,8 @@ import subprocess
 import pytest
 from rich.console import Console
 
-from tunelab.compare import Cell, Comparison, findings, summarize
-from tunelab.report import answers_table, print_report, render_html
+from tunelab.evaluation.compare.report import answers_table, print_report, render_html
+from tunelab.evaluation.compare.run import Cell, Comparison, findings, summarize
 
 DOG = "Tell me how to train my dog to sit"
 LOOP = " on a chair?\n\nI'm not sure how to train my dog to sit on a chair.\n\n" * 3

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from tunelab.generation import GenerationOptions
-from tunelab.sampling import apply_repetition_penalty, sample_batch, sample_next
+from tunelab.inference.options import GenerationOptions
+from tunelab.inference.sampling import apply_repetition_penalty, sample_batch, sample_next
 
 LOGITS = np.log(np.array([0.5, 0.3, 0.15, 0.05], dtype=np.float32))
 

@@ -11,7 +11,7 @@ from tests.remote_server import RunningServer
 from tunelab import BasicModelRunner, LLMEngine
 from tunelab.config import Settings
 from tunelab.server.service import Service
-from tunelab.store import Store
+from tunelab.store.db import Store
 
 ROUTES = [
     ("GET", "/v1/models", None),
@@ -262,8 +262,8 @@ def test_no_auth_mode_serves_without_keys(tunelab_home, tiny_chat_dir, tmp_path)
 
 
 def test_vllm_backend_is_refused_with_the_reason_when_it_cannot_run(tiny_chat_dir):
-    from tunelab.backends.vllm_backend import vllm_available
     from tunelab.errors import ConfigError
+    from tunelab.inference.backends.vllm_backend import vllm_available
 
     reason = vllm_available()
     if reason is None:
@@ -273,7 +273,7 @@ def test_vllm_backend_is_refused_with_the_reason_when_it_cannot_run(tiny_chat_di
 
 
 def test_vllm_backend_answers_on_a_gpu(tiny_chat_dir):
-    from tunelab.backends.vllm_backend import vllm_available
+    from tunelab.inference.backends.vllm_backend import vllm_available
 
     if vllm_available() is not None:
         pytest.skip(f"no vLLM here: {vllm_available()}")

@@ -15,11 +15,11 @@ import typer
 from sqlalchemy import Column, Integer, MetaData, Table, inspect, text
 from typer.testing import CliRunner
 
-import tunelab.store as store_module
-from tunelab.cli_keys import keys_app
+import tunelab.store.db as store_module
+from tunelab.cli.keys import keys_app
 from tunelab.config import load_settings
 from tunelab.errors import ConfigError, KeyNotFoundError, StoreError
-from tunelab.store import Migration, Store, hash_secret
+from tunelab.store.db import Migration, Store, hash_secret
 
 app = typer.Typer()
 app.add_typer(keys_app, name="keys")
@@ -270,7 +270,7 @@ def test_a_bad_url_is_a_clear_config_error_without_the_password(url, problem):
 
 _CREATE_THEN_DIE = """
 import os, signal, sys
-from tunelab.store import Store
+from tunelab.store.db import Store
 store = Store(sys.argv[1])
 key, secret = store.create_key("survivor")
 print(secret, flush=True)

@@ -2,7 +2,7 @@ import pytest
 
 from tests.tiny_models import CHATML_TEMPLATE
 from tunelab.errors import ConfigError
-from tunelab.templates import resolve_template
+from tunelab.inference.templates import resolve_template
 
 LLAMA2_CHAT_TEMPLATE = (
     "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}[INST] {{ m['content'] }} [/INST]"

@@ -15,9 +15,9 @@ from tests.remote_server import RunningServer
 from tests.tiny_gguf import make_tiny_gguf
 from tunelab import BasicModelRunner, BatchError, LLMEngine, TypedOutputError
 from tunelab.config import Settings
+from tunelab.inference.typed import output_spec
 from tunelab.server.service import Service
-from tunelab.store import Store
-from tunelab.typed import output_spec
+from tunelab.store.db import Store
 
 # Short by construction (a boolean and an enum), so even a random model completes it in a few tokens.
 SMALL = {
@@ -201,8 +201,8 @@ def test_the_llama_cpp_one_candidate_check_agrees_with_the_full_mask(tiny_gguf):
     whole-vocabulary mask says, for every token, at every point of an answer."""
     import numpy as np
 
-    from tunelab.backends.json_constraint import LlamaGrammar, gbnf_for
-    from tunelab.backends.llama_cpp_backend import LlamaCppBackend
+    from tunelab.inference.backends.json_constraint import LlamaGrammar, gbnf_for
+    from tunelab.inference.backends.llama_cpp_backend import LlamaCppBackend
 
     with LlamaCppBackend(tiny_gguf) as backend:
         grammar = LlamaGrammar(backend._vocab, gbnf_for(json.dumps(SMALL)), backend.n_vocab)
@@ -228,7 +228,7 @@ def test_a_model_tuned_on_typed_outputs_answers_in_that_schema(tiny_chat_dir):
 def test_ask_prints_one_object_per_prompt(tiny_chat_dir, tmp_path):
     from typer.testing import CliRunner
 
-    from tunelab.cli import app
+    from tunelab.cli.main import app
 
     schema = tmp_path / "schema.json"
     schema.write_text(json.dumps(SMALL))
@@ -248,8 +248,8 @@ def test_llama_cpp_strings_take_no_raw_control_characters(tiny_gguf):
     # llama-cpp-python's converter lets a raw newline into a JSON string; json.loads refuses that
     import numpy as np
 
-    from tunelab.backends.json_constraint import LlamaGrammar, gbnf_for
-    from tunelab.backends.llama_cpp_backend import LlamaCppBackend
+    from tunelab.inference.backends.json_constraint import LlamaGrammar, gbnf_for
+    from tunelab.inference.backends.llama_cpp_backend import LlamaCppBackend
 
     with LlamaCppBackend(tiny_gguf) as backend:
         grammar = LlamaGrammar(

@@ -1,6 +1,6 @@
 """The tiny random-weight Llama of `tiny_models.py`, converted to GGUF, so llama.cpp runs the same weights.
 
-The converter is tunelab's own (`tunelab.export.export_gguf`); here it writes F32, so llama.cpp computes
+The converter is tunelab's own (`tunelab.export.gguf.export_gguf`); here it writes F32, so llama.cpp computes
 with exactly the weights transformers has, and greedy answers can be compared token for token.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from tunelab.export import export_gguf
+from tunelab.export.gguf import export_gguf
 
 
 def convert_hf_llama_to_gguf(hf_dir: str | Path, out_path: str | Path, *, add_bos: bool = False) -> Path:

@@ -8,8 +8,6 @@
 >>> report.findings, report.save_html("report.html")  # doctest: +SKIP
 """
 
-from tunelab.compare import Comparison, compare
-from tunelab.data import DataError, DataReport, Example
 from tunelab.errors import (
     BatchError,
     ConfigError,
@@ -20,9 +18,11 @@ from tunelab.errors import (
     RemoteModelError,
     TunelabError,
 )
-from tunelab.generation import Completion, GenerationOptions
+from tunelab.evaluation.compare.run import Comparison, compare
+from tunelab.inference.options import Completion, GenerationOptions
+from tunelab.inference.typed import TypedOutputError
 from tunelab.runner import BasicModelRunner, LlamaV2Runner, LLMEngine
-from tunelab.typed import TypedOutputError
+from tunelab.training.data import DataError, DataReport, Example
 
 __all__ = [
     "BasicModelRunner",

@@ -7,17 +7,17 @@ import logging
 from typing import TYPE_CHECKING, Any, overload
 
 from tunelab.config import Settings, load_settings
-from tunelab.data import DataError, DataReport, Example, load_records
-from tunelab.embedded import SMOLLM2
-from tunelab.engine import Engine, engine_for
 from tunelab.errors import BatchError, ConfigError, PromptError
-from tunelab.generation import Completion, GenerationOptions
-from tunelab.models import ResolvedModel, resolve
-from tunelab.typed import TypedOutputError, input_prompt, output_spec, prompt_with_instruction
+from tunelab.inference.engine import Engine, engine_for
+from tunelab.inference.options import Completion, GenerationOptions
+from tunelab.inference.typed import TypedOutputError, input_prompt, output_spec, prompt_with_instruction
+from tunelab.models.embedded import SMOLLM2
+from tunelab.models.resolve import ResolvedModel, resolve
+from tunelab.training.data import DataError, DataReport, Example, load_records
 
 if TYPE_CHECKING:
-    from tunelab.finetune import TrainResult
-    from tunelab.server_jobs import ServerTrainResult
+    from tunelab.jobs.client import ServerTrainResult
+    from tunelab.training.recipe import TrainResult
 
 log = logging.getLogger("tunelab")
 
@@ -36,7 +36,7 @@ class BasicModelRunner:
     >>> record.finish_reason
     'length'
 
-    Names resolve as described in `tunelab.models` (embedded, local path, HF cache, alias, remote,
+    Names resolve as described in `tunelab.models.resolve` (embedded, local path, HF cache, alias, remote,
     registry, hub). `template` is "auto" (the model's own chat template, or none for a base model),
     "raw", "llama2", "chatml", or a Jinja string. Generation defaults (`max_new_tokens` or Lamini's
     `max_tokens`, `temperature`, `top_p`, `top_k`, `repetition_penalty`, `stop`, `seed`) can be set
@@ -234,7 +234,7 @@ class BasicModelRunner:
         True
 
         `method` is "lora" (default) or "full". Other settings (`lora_rank`, `micro_batch_size`,
-        `checkpoint_every`, ...) are the fields of `tunelab.finetune.TrainConfig`. The model is saved in
+        `checkpoint_every`, ...) are the fields of `tunelab.training.recipe.TrainConfig`. The model is saved in
         tunelab's registry under `result.model_id`; `resume=True` continues an interrupted run of the same
         model, data and settings from its last checkpoint.
 
@@ -242,8 +242,8 @@ class BasicModelRunner:
         by a fine-tuning job on that server (`suffix=` names it), with a progress bar until it ends; the
         server resumes its own jobs after a restart, so `resume` does not apply there.
         """
-        from tunelab.finetune import make_config
-        from tunelab.finetune import train as run_training
+        from tunelab.training.recipe import make_config
+        from tunelab.training.recipe import train as run_training
 
         if not self.data:
             raise DataError("no training data: add some with load_data(...) first", DataReport())
@@ -285,7 +285,7 @@ class BasicModelRunner:
 
     def _train_on_server(self, *, seed, progress, suffix=None, **values) -> ServerTrainResult:
         """train() with a server URL configured: a fine-tuning job on that server, waited for."""
-        from tunelab.server_jobs import train_on_server
+        from tunelab.jobs.client import train_on_server
 
         if values.get("epochs") is not None:
             values["n_epochs"] = values.pop("epochs")
@@ -304,7 +304,7 @@ class BasicModelRunner:
 
     def _evaluation_on_server(self, data, base_model: str | None):
         """(held-out or given examples, base model name) for a model tuned by a server job."""
-        from tunelab.server_jobs import client_for, heldout_examples, job_for_model
+        from tunelab.jobs.client import client_for, heldout_examples, job_for_model
 
         client = client_for(self.settings)
         job = job_for_model(client, self.model_name)
@@ -326,8 +326,8 @@ class BasicModelRunner:
         With a server URL configured, the model is one a job on that server made, and both models
         answer on the server.
         """
-        from tunelab.evaluate import evaluate_models
-        from tunelab.registry import load_record, model_dir
+        from tunelab.evaluation.scoring import evaluate_models
+        from tunelab.models.registry import load_record, model_dir
 
         if self.resolved.source == "server":
             report, base_name = self._evaluation_on_server(data, base_model)

@@ -18,9 +18,10 @@ from fastapi.responses import JSONResponse
 from sse_starlette.sse import EventSourceResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from tunelab.batching import Request as EngineRequest
 from tunelab.errors import ConfigError, GenerationOptionError, PromptError, TunelabError
-from tunelab.generation import Completion
+from tunelab.inference.batching import Request as EngineRequest
+from tunelab.inference.options import Completion
+from tunelab.inference.typed import TypedOutputError
 from tunelab.server.auth import APIError, Owner, model_not_found
 from tunelab.server.protocol import (
     AssistantMessage,
@@ -42,7 +43,6 @@ from tunelab.server.protocol import (
     now,
 )
 from tunelab.server.service import ContextExceeded, ModelNotServed, Service
-from tunelab.typed import TypedOutputError
 
 log = logging.getLogger("tunelab")
 

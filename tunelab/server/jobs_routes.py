@@ -1,6 +1,6 @@
 """OpenAI-shaped `/v1/files` and `/v1/fine_tuning/jobs` routes: the SDK's `files` and
 `fine_tuning.jobs` calls work unchanged. They translate to the store and the job worker; training
-itself runs in `tunelab.jobs`, never in a request handler.
+itself runs in `tunelab.jobs.worker`, never in a request handler.
 """
 
 from __future__ import annotations
@@ -14,9 +14,8 @@ from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
-from tunelab.data import load_records
 from tunelab.errors import ConfigError
-from tunelab.jobs import job_config
+from tunelab.jobs.worker import job_config
 from tunelab.server.auth import APIError, Owner, model_not_found
 from tunelab.server.protocol import (
     CreateJobRequest,
@@ -32,7 +31,8 @@ from tunelab.server.protocol import (
     JobList,
 )
 from tunelab.server.service import Service
-from tunelab.store import FINISHED, FileRecord, JobRecord
+from tunelab.store.db import FINISHED, FileRecord, JobRecord
+from tunelab.training.data import load_records
 
 router = APIRouter(prefix="/v1")
 PURPOSES = ("fine-tune",)

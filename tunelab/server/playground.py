@@ -20,12 +20,12 @@ from jinja2 import Environment, select_autoescape
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from tunelab.compare import compare
+from tunelab.demo.lesson import LESSON_EXPECTED, LESSON_PROMPTS
 from tunelab.errors import ConfigError, GenerationOptionError, PromptError
-from tunelab.lesson import LESSON_EXPECTED, LESSON_PROMPTS
+from tunelab.evaluation.compare.run import compare
+from tunelab.inference.templates import TEMPLATE_CHOICES, resolve_template
 from tunelab.server.auth import APIError, Owner, model_not_found
 from tunelab.server.service import Service
-from tunelab.templates import TEMPLATE_CHOICES, resolve_template
 
 router = APIRouter()
 # the report's charts are drawn with pyplot, whose state is global: one page at a time
@@ -54,7 +54,7 @@ def playground() -> HTMLResponse:
 
 
 class CompareRequest(BaseModel):
-    """`tunelab.compare.compare()` over HTTP: every prompt to every model with every template."""
+    """`tunelab.evaluation.compare.run.compare()` over HTTP: every prompt to every model with every template."""
 
     models: list[str] = Field(min_length=1, max_length=8)
     prompts: list[str] = Field(min_length=1, max_length=20)
@@ -84,7 +84,7 @@ def _check_request(service: Service, who: str, body: CompareRequest) -> None:
 
 
 def _report_page(comparison) -> str:
-    from tunelab.report import render_html
+    from tunelab.evaluation.compare.report import render_html
 
     with _charts_lock:
         return render_html(comparison)
@@ -97,7 +97,7 @@ async def compare_models(
     who: Owner,
     format: Literal["json", "html"] = Query("json", description="json: the Comparison; html: the report"),
 ):
-    """Answer, diagnose and compare; the JSON is `tunelab.compare.Comparison` (docs/compare.md), the
+    """Answer, diagnose and compare; the JSON is `tunelab.evaluation.compare.run.Comparison` (docs/compare.md), the
     HTML the self-contained report page. Runs in a worker thread: the server keeps answering."""
     service: Service = request.app.state.service
     _check_request(service, who, body)

@@ -7,14 +7,14 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from tunelab.batching import Batcher, Request
 from tunelab.config import Settings
-from tunelab.embedded import EMBEDDED
-from tunelab.engine import engine_for
 from tunelab.errors import TunelabError
-from tunelab.generation import GenerationOptions
-from tunelab.models import ResolvedModel, resolve
-from tunelab.registry import load_record, registry_dir
+from tunelab.inference.batching import Batcher, Request
+from tunelab.inference.engine import engine_for
+from tunelab.inference.options import GenerationOptions
+from tunelab.models.embedded import EMBEDDED
+from tunelab.models.registry import load_record, registry_dir
+from tunelab.models.resolve import ResolvedModel, resolve
 
 log = logging.getLogger("tunelab")
 
@@ -32,7 +32,7 @@ class ContextExceeded(TunelabError):
 @dataclass
 class Service:
     settings: Settings
-    store: object | None  # tunelab.store.Store; None with --no-auth and no store wanted
+    store: object | None  # tunelab.store.db.Store; None with --no-auth and no store wanted
     extra_models: list[str] = field(default_factory=list)  # `tunelab serve --model NAME_OR_PATH`
     backend: str = "auto"
     device: str = "auto"
@@ -129,7 +129,7 @@ class Service:
 
     def start(self) -> None:
         """Start the fine-tuning job workers (jobs a stopped server left running resume)."""
-        from tunelab.jobs import JobWorker
+        from tunelab.jobs.worker import JobWorker
 
         if self.store is not None and self.job_workers > 0 and self.worker is None:
             self.worker = JobWorker(self.store, self.settings, concurrency=self.job_workers)

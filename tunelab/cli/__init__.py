@@ -1,0 +1,1 @@
+"""The `tunelab` command (typer): one module per command group."""

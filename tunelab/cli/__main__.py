@@ -1,0 +1,5 @@
+"""``python -m tunelab.cli``."""
+
+from tunelab.cli.main import app
+
+app()

@@ -1,0 +1,1 @@
+"""The lesson, run by `tunelab demo`."""

@@ -1,0 +1,1 @@
+"""compare(): models x templates x prompts, diagnosed, with findings and a report."""

@@ -1,0 +1,1 @@
+"""Export a tuned model: merged HF weights, GGUF files."""

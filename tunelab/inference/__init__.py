@@ -1,0 +1,1 @@
+"""Inference: the engine, generation options, chat templates, sampling, batching, typed output, backends."""

@@ -1,0 +1,441 @@
+"""GGUF models through llama.cpp, batched with llama.cpp's own multi-sequence decoding.
+
+Uses llama-cpp-python's low-level ctypes API (pinned to 0.3.36) rather than `Llama`, because
+`Llama` decodes one sequence at a time and does not expose the model param `use_extra_bufts`.
+"""
+
+from __future__ import annotations
+
+import bisect
+import codecs
+import ctypes
+import heapq
+import os
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import llama_cpp
+import numpy as np
+
+from tunelab.errors import ModelFileError
+from tunelab.inference.backends.base import OnText
+from tunelab.inference.backends.json_constraint import LlamaGrammar, gbnf_for
+from tunelab.inference.options import BackendOutput, FinishReason, GenerationOptions, cut_at_stop
+from tunelab.inference.sampling import sample_batch
+
+DEFAULT_CONTEXT = 4096
+# Logical batch for one llama_decode call; also the physical ubatch, so a prompt is cut into the
+# same pieces whatever else is in the batch (keeps batched greedy equal to single greedy).
+N_BATCH = 512
+# Upper bound on the KV cache one generate() call allocates; fewer sequences run at once beyond it.
+KV_BUDGET_BYTES = 2 << 30
+
+# llama.cpp's CPU backend multiplies K-quant weights (Q4_K, Q6_K, ...: most of a Q4_K_M file such as
+# Gemma's) by 8 or more rows at once with a tiled kernel whose sums round differently from the
+# row-by-row kernel it uses below 8 rows. A prompt's greedy answer then depended on how many others
+# shared its decoding step (measured: 11 of 16 Gemma answers changed in a batch). With the tiled
+# kernel off every row is computed as a lone row is, at about the same speed here (RESULTS.md).
+# ggml reads this once per process, at its first matmul; a value the user set is kept.
+os.environ.setdefault("GGML_CPU_TILED_MM", "0")
+
+_log_lock = threading.Lock()
+_log_lines: list[str] = []
+_verbose = False
+
+
+@llama_cpp.llama_log_callback
+def _on_log(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+    # Keep the recent lines so a failed load can say why, instead of spraying stderr.
+    line = text.decode("utf-8", errors="replace") if text else ""
+    with _log_lock:
+        _log_lines.append(line)
+        del _log_lines[:-50]
+    if _verbose:
+        os.write(2, line.encode("utf-8", errors="replace"))
+
+
+_backend_ready = False
+
+
+def _init_llama(verbose: bool) -> None:
+    global _backend_ready, _verbose
+    _verbose = verbose
+    # Global in llama.cpp; replaces llama-cpp-python's own callback, which prints everything
+    # unless its Python logger level was raised.
+    llama_cpp.llama_log_set(_on_log, ctypes.c_void_p(0))
+    if not _backend_ready:
+        llama_cpp.llama_backend_init()
+        _backend_ready = True
+
+
+def _recent_errors() -> str:
+    with _log_lock:
+        lines = [ln.strip() for ln in _log_lines if "error" in ln.lower() or "failed" in ln.lower()]
+        _log_lines.clear()
+    return "; ".join(ln for ln in lines[-3:] if ln)
+
+
+def default_threads() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+@dataclass
+class _Seq:
+    index: int  # position in the caller's prompt list
+    tokens: list[int]  # prompt then generated ids: the repetition-penalty history
+    n_prompt: int
+    rng: np.random.Generator
+    decoder: codecs.IncrementalDecoder = field(
+        default_factory=lambda: codecs.getincrementaldecoder("utf-8")(errors="replace")
+    )
+    text: str = ""
+    slot: int = -1  # llama.cpp sequence id while running
+    n_fed: int = 0  # tokens already in the KV cache
+    grammar: LlamaGrammar | None = None  # typed output: what this sequence may write next
+
+    @property
+    def n_generated(self) -> int:
+        return len(self.tokens) - self.n_prompt
+
+
+class LlamaCppBackend:
+    """A GGUF model loaded with llama.cpp; `generate` decodes all prompts together."""
+
+    name = "llama_cpp"
+
+    def __init__(
+        self,
+        gguf_path: str | Path,
+        *,
+        n_ctx: int | None = None,
+        n_threads: int | None = None,
+        max_batch: int = 32,
+        use_extra_bufts: bool = False,
+        n_gpu_layers: int | None = None,
+        verbose: bool = False,
+    ) -> None:
+        self.path = Path(gguf_path)
+        self._model = self._ctx = self._batch = None
+        self._on_text: OnText | None = None
+        self._ctx_shape: tuple[int, int] | None = None
+        _check_gguf_file(self.path)
+        _init_llama(verbose)
+        self._lock = threading.Lock()
+        self._piece_cache: dict[int, bytes] = {}
+
+        params = llama_cpp.llama_model_default_params()
+        # Weight repacking into "extra" buffer types (AMX on recent Xeons) makes llama_decode
+        # segfault on multi-token batches in 0.3.36 builds; plain CPU buffers are safe.
+        params.use_extra_bufts = use_extra_bufts
+        if n_gpu_layers is None:
+            n_gpu_layers = -1 if llama_cpp.llama_supports_gpu_offload() else 0
+        params.n_gpu_layers = n_gpu_layers
+        model = llama_cpp.llama_model_load_from_file(str(self.path).encode("utf-8"), params)
+        if not model:
+            reason = _recent_errors() or "llama.cpp could not load it"
+            raise ModelFileError(f"{self.path}: not a valid GGUF model file ({reason})")
+        self._model = model
+        self._vocab = llama_cpp.llama_model_get_vocab(model)
+
+        self.n_threads = n_threads or default_threads()
+        self.max_batch = max(1, min(max_batch, llama_cpp.llama_max_parallel_sequences()))
+        n_ctx_train = llama_cpp.llama_model_n_ctx_train(model)
+        self.context_length = n_ctx or min(n_ctx_train, DEFAULT_CONTEXT)
+        template = llama_cpp.llama_model_chat_template(model, None)
+        self.chat_template = template.decode("utf-8") if template else None
+        self.add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self._vocab))
+        self.bos_token = self._token_text(llama_cpp.llama_vocab_bos(self._vocab))
+        self.eos_token = self._token_text(llama_cpp.llama_vocab_eos(self._vocab))
+        self.n_vocab = llama_cpp.llama_vocab_n_tokens(self._vocab)
+
+        n_layer = llama_cpp.llama_model_n_layer(model)
+        n_head = max(1, llama_cpp.llama_model_n_head(model))
+        head_kv = llama_cpp.llama_model_n_head_kv(model) * llama_cpp.llama_model_n_embd(model) // n_head
+        self._kv_bytes_per_token = max(1, n_layer * 2 * head_kv * 2)  # K and V, f16
+
+    # -- tokens ---------------------------------------------------------------------------
+
+    def _token_text(self, token: int) -> str:
+        if token < 0:
+            return ""
+        return llama_cpp.llama_vocab_get_text(self._vocab, token).decode("utf-8", errors="replace")
+
+    def tokenize(self, text: str, *, add_bos: bool | None = None) -> list[int]:
+        """Token ids of `text`; special-token texts (e.g. `<|im_start|>`) become their ids."""
+        data = text.encode("utf-8")
+        add = self.add_bos if add_bos is None else add_bos
+        n_max = len(data) + 8
+        buf = (llama_cpp.llama_token * n_max)()
+        n = llama_cpp.llama_tokenize(self._vocab, data, len(data), buf, n_max, add, True)
+        if n < 0:  # buffer too small: -n is the size needed
+            n_max = -n
+            buf = (llama_cpp.llama_token * n_max)()
+            n = llama_cpp.llama_tokenize(self._vocab, data, len(data), buf, n_max, add, True)
+        return list(buf[:n])
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens `text` takes as a prompt (BOS included when the model adds one)."""
+        return len(self.tokenize(text))
+
+    def _piece(self, token: int) -> bytes:
+        piece = self._piece_cache.get(token)
+        if piece is None:
+            buf = ctypes.create_string_buffer(64)
+            n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, False)
+            if n < 0:
+                buf = ctypes.create_string_buffer(-n)
+                n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, False)
+            piece = self._piece_cache[token] = buf.raw[:n]
+        return piece
+
+    def _stop_token_ids(self, stops: tuple[str, ...]) -> set[int]:
+        """Special tokens whose text is a stop string: they render as "" so text search misses them."""
+        ids = set()
+        for s in stops:
+            toks = self.tokenize(s, add_bos=False)
+            if len(toks) == 1 and not self._piece(toks[0]) and self._token_text(toks[0]) == s:
+                ids.add(toks[0])
+        return ids
+
+    # -- generation -----------------------------------------------------------------------
+
+    def generate(
+        self, prompts: list[str], options: GenerationOptions, on_text: OnText | None = None
+    ) -> list[BackendOutput]:
+        if not prompts:
+            return []
+        outputs: list[BackendOutput | None] = [None] * len(prompts)
+        seeds = np.random.SeedSequence(options.seed).spawn(len(prompts))
+        seqs = []
+        for i, prompt in enumerate(prompts):
+            tokens = self.tokenize(prompt)
+            if len(tokens) + 1 > self.context_length:
+                outputs[i] = BackendOutput(
+                    text="",
+                    finish_reason="error",
+                    prompt_tokens=len(tokens),
+                    completion_tokens=0,
+                    error=f"prompt is {len(tokens)} tokens; the model's context is {self.context_length} "
+                    "tokens, and at least one is needed for the answer. Shorten the prompt.",
+                )
+            else:
+                seqs.append(_Seq(i, tokens, len(tokens), np.random.default_rng(seeds[i])))
+        if seqs:
+            with self._lock:
+                self._on_text = on_text
+                try:
+                    self._run(seqs, options, outputs)
+                finally:
+                    self._on_text = None
+        return outputs  # type: ignore[return-value]
+
+    def _run(self, seqs: list[_Seq], options: GenerationOptions, outputs: list[BackendOutput | None]) -> None:
+        """Continuous batching: each step is one llama_decode holding the next token of every
+        running sequence plus the whole prompt of each newly admitted one; a finished sequence's
+        slot (llama.cpp sequence id, with its own KV stream) goes to the next queued prompt."""
+        per_seq = min(self.context_length, max(s.n_prompt for s in seqs) + options.max_new_tokens)
+        per_seq = -(-per_seq // 256) * 256  # llama.cpp pads to 256 anyway; fewer distinct contexts
+        n_slots = min(
+            self.max_batch, len(seqs), max(1, KV_BUDGET_BYTES // (per_seq * self._kv_bytes_per_token))
+        )
+        ctx = self._context(n_slots, per_seq)
+        memory = llama_cpp.llama_get_memory(ctx)
+        llama_cpp.llama_memory_clear(memory, True)
+        stop_ids = self._stop_token_ids(options.stop)
+        gbnf = gbnf_for(options.json_schema) if options.json_schema is not None else None
+
+        pending = deque(seqs)
+        free_slots = list(range(n_slots))  # a heap: fill the lowest slot first
+        running: list[_Seq] = []  # kept sorted by slot, see _compact
+        while pending or running:
+            while pending and free_slots:
+                s = pending.popleft()
+                s.slot = heapq.heappop(free_slots)
+                if gbnf is not None:
+                    s.grammar = LlamaGrammar(self._vocab, gbnf, self.n_vocab)
+                running.append(s)
+            running.sort(key=lambda s: s.slot)
+            logits, error = self._decode(ctx, running)
+            if error:
+                reasons: list[FinishReason | None] = ["error"] * len(running)
+            else:
+                dead_ends = self._constrain(running, logits, options)
+                chosen = sample_batch(logits, [s.tokens for s in running], options, [s.rng for s in running])
+                reasons = [
+                    "error" if k in dead_ends else self._accept(s, t, options, stop_ids)
+                    for k, (s, t) in enumerate(zip(running, chosen, strict=True))
+                ]
+                if dead_ends:
+                    error = "the JSON grammar allowed no next token (the schema cannot be completed)"
+            for s, reason in zip(running, reasons, strict=True):
+                if reason is not None:
+                    if s.grammar is not None:
+                        s.grammar.close()
+                    outputs[s.index] = self._output(s, reason, error if reason == "error" else None)
+                    llama_cpp.llama_memory_seq_rm(memory, s.slot, -1, -1)
+                    heapq.heappush(free_slots, s.slot)
+            running = [s for s, reason in zip(running, reasons, strict=True) if reason is None]
+            if not pending:
+                _compact(memory, running, free_slots)
+
+    @staticmethod
+    def _constrain(running: list[_Seq], logits: np.ndarray, options: GenerationOptions) -> set[int]:
+        """Mask each constrained row to what its grammar allows; the rows where nothing is allowed.
+        Greedy without a penalty picks the top logit: when the grammar allows that one, it is the
+        constrained choice too, and the whole-vocabulary mask (most of the cost) is skipped."""
+        plain_greedy = options.greedy and options.repetition_penalty == 1.0
+        dead = set()
+        for k, s in enumerate(running):
+            if s.grammar is not None:
+                if plain_greedy:
+                    top = int(np.argmax(logits[k]))
+                    if s.grammar.allows(top, float(logits[k, top])):
+                        continue
+                logits[k] = s.grammar.mask(logits[k])
+                if not np.isfinite(logits[k]).any():
+                    dead.add(k)
+        return dead
+
+    def _accept(
+        self, s: _Seq, token: int, options: GenerationOptions, stop_ids: set[int]
+    ) -> FinishReason | None:
+        """Record one new token; return why the sequence ends, or None to go on."""
+        if llama_cpp.llama_vocab_is_eog(self._vocab, token) or token in stop_ids:
+            return "stop"  # the end token is not part of the answer, nor counted (as in transformers)
+        if s.grammar is not None:
+            s.grammar.accept(token)
+        s.tokens.append(token)
+        s.text += s.decoder.decode(self._piece(token))
+        if options.stop:
+            s.text, hit = cut_at_stop(s.text, options.stop)
+            if hit:
+                return "stop"
+        if self._on_text is not None and self._on_text(s.index, s.text) is False:
+            return "stop"  # nobody reads this answer any more (a client went away)
+        if s.n_generated >= options.max_new_tokens or len(s.tokens) >= self.context_length:
+            return "length"
+        return None
+
+    def _output(self, s: _Seq, reason: FinishReason, error: str | None = None) -> BackendOutput:
+        text = s.text
+        if reason == "length":  # flush a multi-byte character the limit cut in half (as U+FFFD)
+            text += s.decoder.decode(b"", final=True)
+        return BackendOutput(
+            text=text if error is None else "",
+            finish_reason=reason,
+            prompt_tokens=s.n_prompt,
+            completion_tokens=s.n_generated,
+            error=error,
+        )
+
+    def _decode(self, ctx, running: list[_Seq]) -> tuple[np.ndarray, str | None]:
+        """Feed each sequence's not-yet-decoded tokens, in n_batch chunks; return the logits after
+        each sequence's last token, in `running` order (or an error message)."""
+        flat = [
+            (s.tokens[pos], pos, s.slot, pos == len(s.tokens) - 1, k)
+            for k, s in enumerate(running)
+            for pos in range(s.n_fed, len(s.tokens))
+        ]
+        logits = np.empty((len(running), self.n_vocab), dtype=np.float32)
+        batch = self._batch
+        for c in range(0, len(flat), N_BATCH):
+            chunk = flat[c : c + N_BATCH]
+            for i, (tok, pos, slot, want, _) in enumerate(chunk):
+                batch.token[i] = tok
+                batch.pos[i] = pos
+                batch.n_seq_id[i] = 1
+                batch.seq_id[i][0] = slot
+                batch.logits[i] = want
+            batch.n_tokens = len(chunk)
+            rc = llama_cpp.llama_decode(ctx, batch)
+            if rc != 0:
+                return logits, f"llama_decode failed (code {rc}); {_recent_errors() or 'no details'}"
+            for i, (_, _, _, want, k) in enumerate(chunk):
+                if want:
+                    ptr = llama_cpp.llama_get_logits_ith(ctx, i)
+                    logits[k] = np.ctypeslib.as_array(ptr, shape=(self.n_vocab,))
+        for s in running:
+            s.n_fed = len(s.tokens)
+        return logits, None
+
+    def _context(self, n_slots: int, per_seq: int):
+        """A context with one KV stream per slot, reused while the shape stays the same."""
+        if self._ctx is not None and self._ctx_shape == (n_slots, per_seq):
+            return self._ctx
+        self._free_context()
+        params = llama_cpp.llama_context_default_params()
+        params.n_ctx = n_slots * per_seq
+        params.n_seq_max = n_slots
+        params.n_batch = params.n_ubatch = N_BATCH
+        params.n_threads = params.n_threads_batch = self.n_threads
+        # One KV stream per sequence: attention then sees exactly the cells a lone run would,
+        # so batched greedy equals single greedy (a unified cache changes the float rounding).
+        params.kv_unified = False
+        # Flash attention off, as llama-cpp-python's Llama() has it: the default ("auto") turns it on
+        # for CPU, whose different rounding changed Gemma's greedy text from the plain library's.
+        params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        params.no_perf = True
+        ctx = llama_cpp.llama_init_from_model(self._model, params)
+        if not ctx:
+            raise RuntimeError(
+                f"llama.cpp could not create a context of {n_slots} x {per_seq} tokens for {self.path} "
+                f"({_recent_errors() or 'out of memory?'})"
+            )
+        self._ctx, self._ctx_shape = ctx, (n_slots, per_seq)
+        self._batch = llama_cpp.llama_batch_init(N_BATCH, 0, 1)
+        return ctx
+
+    def _free_context(self) -> None:
+        if self._batch is not None:
+            llama_cpp.llama_batch_free(self._batch)
+            self._batch = None
+        if self._ctx is not None:
+            llama_cpp.llama_free(self._ctx)
+            self._ctx, self._ctx_shape = None, None
+
+    def close(self) -> None:
+        self._free_context()
+        if self._model is not None:
+            llama_cpp.llama_model_free(self._model)
+            self._model = None
+
+    def __del__(self) -> None:
+        self.close()
+
+    def __enter__(self) -> LlamaCppBackend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _compact(memory, running: list[_Seq], free_slots: list[int]) -> None:
+    """Move the highest-slot sequences down into free lower slots.
+
+    With one KV stream per sequence, llama.cpp puts only consecutive sequence ids into one
+    ubatch, so a hole left by a finished sequence would split every later step into several
+    graph runs. A cross-stream copy is a plain buffer copy, so results stay bit-identical.
+    """
+    while running and free_slots and free_slots[0] < running[-1].slot:
+        s = running.pop()
+        hole = heapq.heappop(free_slots)
+        llama_cpp.llama_memory_seq_cp(memory, s.slot, hole, -1, -1)
+        llama_cpp.llama_memory_seq_rm(memory, s.slot, -1, -1)
+        heapq.heappush(free_slots, s.slot)
+        s.slot = hole
+        bisect.insort(running, s, key=lambda x: x.slot)
+
+
+def _check_gguf_file(path: Path) -> None:
+    """Fail with a clear message before llama.cpp sees a file that is not GGUF at all."""
+    if not path.is_file():
+        raise ModelFileError(f"{path}: no such model file")
+    with path.open("rb") as f:
+        magic = f.read(4)
+    if magic != b"GGUF":
+        raise ModelFileError(f"{path}: not a GGUF file (it does not start with the GGUF magic bytes)")

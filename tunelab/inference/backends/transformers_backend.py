@@ -1,0 +1,311 @@
+"""The transformers backend: any Hugging Face causal LM, or a GGUF dequantized to torch (trainable).
+
+This module imports torch and transformers; the engine imports it only when this backend is used.
+Dequantizing a GGUF takes 15-40 s here, so the result is saved once as safetensors under
+``$TUNELAB_HOME/cache/dequantized/`` and later loads take seconds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+
+import torch
+from transformers import StoppingCriteria
+from transformers.generation.streamers import BaseStreamer
+
+from tunelab.errors import ModelFileError
+from tunelab.inference.backends import batch_invariant
+from tunelab.inference.backends.base import OnText
+from tunelab.inference.device import cpu_has_native_bf16, pick_device
+from tunelab.inference.options import BackendOutput, GenerationOptions, cut_at_stop
+
+log = logging.getLogger("tunelab")
+
+
+def _cache_key(gguf_path: Path) -> str:
+    stat = gguf_path.stat()
+    ident = f"{gguf_path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+    return f"{gguf_path.stem}-{hashlib.sha256(ident.encode()).hexdigest()[:12]}"
+
+
+def dequantized_dir(gguf_path: Path, home: Path) -> Path:
+    """The torch copy of a GGUF, made on first use."""
+    target = home / "cache" / "dequantized" / _cache_key(gguf_path)
+    if (target / "config.json").exists():
+        return target
+    from rich.console import Console
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    console = Console(stderr=True)
+    with console.status(f"[bold]dequantizing {gguf_path.name} to torch (once; cached in {target})"):
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+            model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+        except Exception as exc:
+            raise ModelFileError(f"{gguf_path}: transformers could not load this GGUF ({exc})") from None
+        # The weights are plain dequantized tensors now; drop the GGUF "quantizer" marker that
+        # makes save_pretrained refuse, so the copy loads like any HF model.
+        model.hf_quantizer = None
+        model.is_quantized = False
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        tmp = target.with_name(target.name + ".tmp")
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        tmp.replace(target)
+    return target
+
+
+def tokenizer_adds_bos(tokenizer) -> bool:
+    """Whether encoding a text puts BOS in front (then a template's own BOS text is dropped)."""
+    ids = tokenizer("a", add_special_tokens=True)["input_ids"]
+    return bool(ids) and tokenizer.bos_token_id is not None and ids[0] == tokenizer.bos_token_id
+
+
+class _TextStops(StoppingCriteria):
+    """Stop a row once its answer's tail contains a stop string.
+
+    transformers' own `stop_strings` precomputes tables over the whole vocabulary on every
+    generate call (minutes for Gemma's 262k tokens); decoding a short tail per step is cheap.
+    """
+
+    def __init__(self, tokenizer, stops: tuple[str, ...], prompt_width: int):
+        self.tokenizer, self.stops, self.width = tokenizer, stops, prompt_width
+        self.window = max(len(s) for s in stops) + 4  # every token decodes to >= 1 character
+
+    def __call__(self, input_ids, scores, **kwargs):
+        tails = self.tokenizer.batch_decode(input_ids[:, self.width :][:, -self.window :])
+        return torch.tensor([any(s in t for s in self.stops) for t in tails], device=input_ids.device)
+
+
+class TransformersBackend:
+    """Batched generation with left padding and an attention mask, through `model.generate`.
+
+    dtype "auto": bf16 on CUDA and on CPUs with native bf16 (AVX512-BF16 / AMX), float32 elsewhere.
+    In bf16 on a CPU the batch-invariant path is used (tunelab/backends/batch_invariant.py): a prompt
+    gets the same greedy answer in a batch as alone, at the bf16 speed (benchmarks/RESULTS.md).
+    """
+
+    name = "transformers"
+
+    def __init__(
+        self,
+        path_or_id: str,
+        *,
+        device: str = "auto",
+        dtype: str = "auto",
+        max_batch: int = 32,
+        local_files_only: bool = False,
+        adapter_path: str | None = None,
+    ):
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # loading cached safetensors takes seconds: no bar needed
+        self.device = pick_device(device)
+        if dtype == "auto":
+            bf16 = self.device == "cuda" or (self.device == "cpu" and cpu_has_native_bf16())
+            torch_dtype = torch.bfloat16 if bf16 else torch.float32
+        else:
+            torch_dtype = getattr(torch, dtype)
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(path_or_id, local_files_only=local_files_only)
+            config = AutoConfig.from_pretrained(path_or_id, local_files_only=local_files_only)
+            # bf16 on a CPU: the batch-invariant path, measured there (see batch_invariant); elsewhere
+            # batches run as transformers runs them.
+            self.batch_invariant = (
+                self.device == "cpu" and torch_dtype == torch.bfloat16 and batch_invariant.suits(config)
+            )
+            extra = {"attn_implementation": batch_invariant.register()} if self.batch_invariant else {}
+            # An adapter is merged into float32 weights, then cast: the same weights as a merged export.
+            load_dtype = torch.float32 if adapter_path is not None else torch_dtype
+            self.model = AutoModelForCausalLM.from_pretrained(
+                path_or_id, dtype=load_dtype, local_files_only=local_files_only, **extra
+            )
+        except OSError as exc:
+            raise ModelFileError(f"{path_or_id}: could not load the model ({exc})") from None
+        if adapter_path is not None:
+            from peft import PeftModel
+
+            # Merged once at load: the tuned model then runs as fast as the base.
+            self.model = PeftModel.from_pretrained(self.model, adapter_path).merge_and_unload()
+        self.model = self.model.to(self.device, torch_dtype).eval()
+        self.max_batch = max_batch
+        tok = self.tokenizer
+        tok.padding_side = "left"  # answers start right after each prompt
+        if tok.pad_token_id is None:
+            tok.pad_token = tok.eos_token
+        self.chat_template = tok.chat_template if isinstance(tok.chat_template, str) else None
+        self.bos_token = tok.bos_token or ""
+        self.eos_token = tok.eos_token or ""
+        self.context_length = int(
+            getattr(self.model.config, "max_position_embeddings", None) or tok.model_max_length or 2048
+        )
+        self.add_bos = tokenizer_adds_bos(tok)
+        self._eog_ids = self._end_of_generation_ids()
+
+    def _end_of_generation_ids(self) -> set[int]:
+        ids: set[int] = set()
+        for source in (self.model.generation_config.eos_token_id, self.tokenizer.eos_token_id):
+            if isinstance(source, int):
+                ids.add(source)
+            elif source:
+                ids.update(source)
+        # Chat models end turns with a special token that is not always the EOS id (Gemma's <end_of_turn>).
+        for text in ("<end_of_turn>", "<|im_end|>", "<|eot_id|>", "<|end|>"):
+            token_id = self.tokenizer.convert_tokens_to_ids(text)
+            if isinstance(token_id, int) and token_id != self.tokenizer.unk_token_id:
+                ids.add(token_id)
+        return ids
+
+    def count_tokens(self, text: str) -> int:
+        return len(self._encode(text))
+
+    def _encode(self, text: str) -> list[int]:
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        if self.add_bos:
+            ids = [self.tokenizer.bos_token_id, *ids]
+        return ids
+
+    def generate(
+        self, prompts: list[str], options: GenerationOptions, on_text: OnText | None = None
+    ) -> list[BackendOutput]:
+        results: list[BackendOutput | None] = [None] * len(prompts)
+        encoded = [self._encode(p) for p in prompts]
+        runnable = []
+        for i, ids in enumerate(encoded):
+            if len(ids) + 1 > self.context_length:
+                results[i] = BackendOutput(
+                    "",
+                    "error",
+                    len(ids),
+                    0,
+                    error=f"prompt is {len(ids)} tokens; the model's context is {self.context_length} tokens",
+                )
+            else:
+                runnable.append(i)
+        # Similar lengths together waste less compute on padding.
+        runnable.sort(key=lambda i: len(encoded[i]))
+        for chunk in self._chunks(runnable, [len(ids) for ids in encoded]):
+            rows = [encoded[i] for i in chunk]
+            if self.batch_invariant and len(rows) < batch_invariant.MIN_ROWS:
+                rows = rows * batch_invariant.MIN_ROWS  # a lone row would take the one-row kernel
+            indices = chunk + [-1] * (len(rows) - len(chunk))  # -1: a copy, not streamed
+            streamer = _RowStreamer(self.tokenizer, indices, self._eog_ids, on_text) if on_text else None
+            for i, out in zip(chunk, self._generate_batch(rows, options, streamer)):
+                results[i] = out
+        return results  # type: ignore[return-value]
+
+    def _chunks(self, order: list[int], lengths: list[int]) -> list[list[int]]:
+        """Batches of at most max_batch prompts; batch-invariant: of one padded width each."""
+        groups: dict[int, list[int]] = {}
+        for i in order:
+            width = batch_invariant.padded_width(lengths[i]) if self.batch_invariant else 0
+            groups.setdefault(width, []).append(i)
+        return [
+            group[start : start + self.max_batch]
+            for group in groups.values()
+            for start in range(0, len(group), self.max_batch)
+        ]
+
+    def _generate_batch(
+        self, batch: list[list[int]], options: GenerationOptions, streamer=None
+    ) -> list[BackendOutput]:
+        pad_id = self.tokenizer.pad_token_id
+        width = max(len(ids) for ids in batch)
+        if self.batch_invariant:
+            width = batch_invariant.padded_width(width)
+        input_ids = torch.tensor([[pad_id] * (width - len(ids)) + ids for ids in batch], device=self.device)
+        attention = torch.tensor(
+            [[0] * (width - len(ids)) + [1] * len(ids) for ids in batch], device=self.device
+        )
+        max_new = min(options.max_new_tokens, self.context_length - width)
+        specials = set(self.tokenizer.all_special_tokens) | set(self.tokenizer.get_added_vocab())
+        # A stop string that is one special token is matched by id (decoding drops its text).
+        stop_ids = self._eog_ids | {
+            self.tokenizer.convert_tokens_to_ids(s) for s in options.stop if s in specials
+        }
+        text_stops = tuple(s for s in options.stop if s not in specials)
+        kwargs = dict(
+            max_new_tokens=max_new,
+            do_sample=not options.greedy,
+            repetition_penalty=options.repetition_penalty,
+            eos_token_id=sorted(stop_ids),
+            pad_token_id=pad_id,
+        )
+        if not options.greedy:
+            kwargs.update(temperature=options.temperature, top_p=options.top_p, top_k=options.top_k or None)
+            if options.seed is not None:
+                torch.manual_seed(options.seed)
+        else:
+            kwargs.update(temperature=None, top_p=None, top_k=None)
+        if text_stops:
+            kwargs["stopping_criteria"] = [_TextStops(self.tokenizer, text_stops, width)]
+        constraint = None
+        if options.json_schema is not None:
+            constraint = self._json_constraint(options.json_schema, len(batch), stop_ids)
+            kwargs["logits_processor"] = [constraint]
+        if streamer is not None:
+            kwargs["streamer"] = streamer
+        with torch.inference_mode():
+            out = self.model.generate(input_ids=input_ids, attention_mask=attention, **kwargs)
+        outputs = []
+        for row, ids in zip(out[:, width:].tolist(), batch):
+            generated, hit_eog = [], False
+            for token in row:
+                if token in stop_ids:
+                    hit_eog = True
+                    break
+                generated.append(token)
+            text = self.tokenizer.decode(generated, skip_special_tokens=True)
+            text, hit_stop = cut_at_stop(text, options.stop)
+            if hit_stop:
+                # Count only the tokens that made the kept text.
+                kept = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+                n_tokens = min(len(kept), len(generated))
+            else:
+                n_tokens = len(generated)
+            reason = "stop" if (hit_eog or hit_stop or len(generated) < max_new) else "length"
+            outputs.append(BackendOutput(text, reason, len(ids), n_tokens))
+        for row, error in (constraint.errors if constraint is not None else {}).items():
+            outputs[row] = BackendOutput("", "error", len(batch[row]), outputs[row].completion_tokens, error)
+        return outputs
+
+    def _json_constraint(self, schema_json: str, rows: int, end_ids: set[int]):
+        from tunelab.inference.backends.json_constraint import LlgLogitsProcessor, llg_grammar, llg_tokenizer
+
+        vocab_size = self.model.get_output_embeddings().weight.shape[0]  # the logits' width
+        tokenizer = llg_tokenizer(self.tokenizer, vocab_size, sorted(end_ids))
+        return LlgLogitsProcessor(tokenizer, llg_grammar(schema_json), rows, vocab_size, sorted(end_ids))
+
+    def close(self) -> None:
+        self.model = None
+
+
+class _RowStreamer(BaseStreamer):
+    """Streams every row of a batched `generate`: after each step, on_text(prompt index, text so far).
+    (transformers' own text streamers take one row only.)"""
+
+    def __init__(self, tokenizer, indices: list[int], end_ids: set[int], on_text: OnText):
+        self.tokenizer, self.indices, self.end_ids, self.on_text = tokenizer, indices, end_ids, on_text
+        self.ids: list[list[int]] = [[] for _ in indices]
+        self.done = [False] * len(indices)
+        self.prompt_seen = False
+
+    def put(self, value) -> None:
+        if not self.prompt_seen:  # the first call carries the prompts
+            self.prompt_seen = True
+            return
+        for row, token in enumerate(value.reshape(len(self.indices), -1)[:, -1].tolist()):
+            if self.done[row] or self.indices[row] < 0:
+                continue
+            if token in self.end_ids:
+                self.done[row] = True
+                continue
+            self.ids[row].append(token)
+            self.on_text(self.indices[row], self.tokenizer.decode(self.ids[row], skip_special_tokens=True))
+
+    def end(self) -> None:
+        pass

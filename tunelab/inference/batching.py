@@ -1,0 +1,136 @@
+"""Dynamic batching: requests that arrive close together, for the same model and with the same options,
+are answered by one engine call (one batch), not one after another.
+
+The server submits each request here and waits on its Future; a worker thread per model gathers what
+arrived within `window_s` (up to `max_batch` prompts), groups it by (template, system, options), and
+runs each group through `Engine.generate` as one batch. On llama.cpp a batch is decoded together step
+by step (continuous batching inside the batch); on transformers it is one padded `generate`.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+from tunelab.inference.engine import Engine
+from tunelab.inference.options import Completion, GenerationOptions
+from tunelab.models.resolve import ResolvedModel
+
+log = logging.getLogger("tunelab")
+
+
+@dataclass
+class Request:
+    """One prompt (text or chat conversation) to answer; `on_text` streams its answer as it grows."""
+
+    model: ResolvedModel
+    prompt: str | list[dict[str, str]]
+    options: GenerationOptions
+    template: str | None = "auto"
+    system: str | None = None
+    on_text: Callable[[str], bool | None] | None = None
+    future: Future = field(default_factory=Future)
+
+    @property
+    def group(self) -> tuple:
+        return (self.template, self.system, self.options)
+
+
+class Batcher:
+    """Queues per model, a worker thread each; `submit` returns a Future of the Completion."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        backend: str = "auto",
+        device: str = "auto",
+        window_s: float = 0.02,
+        max_batch: int = 32,
+    ):
+        self.engine, self.backend, self.device = engine, backend, device
+        self.window_s, self.max_batch = window_s, max_batch
+        self._queues: dict[str, queue.Queue] = {}
+        self._lock = threading.Lock()
+        self._closed = False
+        self.batches: list[int] = []  # sizes of the batches run, for tests and benchmarks
+
+    def submit(self, request: Request) -> Future:
+        if self._closed:
+            raise RuntimeError("the batcher is closed")
+        model = request.model
+        key = f"{model.name}|{model.gguf_path or model.hf_path}|{model.adapter_path}"
+        with self._lock:
+            if key not in self._queues:
+                self._queues[key] = queue.Queue()
+                threading.Thread(
+                    target=self._work,
+                    args=(self._queues[key],),
+                    name=f"batcher {request.model.name}",
+                    daemon=True,
+                ).start()
+        self._queues[key].put(request)
+        return request.future
+
+    def close(self) -> None:
+        self._closed = True
+        for q in self._queues.values():
+            q.put(None)
+
+    def _work(self, requests: queue.Queue) -> None:
+        waiting: list[Request] = []
+        while True:
+            if not waiting:
+                first = requests.get()
+                if first is None:
+                    return
+                waiting.append(first)
+            deadline = time.monotonic() + self.window_s
+            while len(waiting) < self.max_batch * 4:
+                try:
+                    more = requests.get(timeout=max(0.0, deadline - time.monotonic()))
+                except queue.Empty:
+                    break
+                if more is None:
+                    requests.put(None)  # close after this round
+                    break
+                waiting.append(more)
+            group = waiting[0].group
+            batch = [r for r in waiting if r.group == group][: self.max_batch]
+            taken = {id(r) for r in batch}
+            waiting = [r for r in waiting if id(r) not in taken]
+            self._run(batch)
+
+    def _run(self, batch: list[Request]) -> None:
+        live = [r for r in batch if r.future.set_running_or_notify_cancel()]
+        if not live:
+            return
+        first = live[0]
+
+        def relay(i: int, text: str) -> bool | None:
+            return live[i].on_text(text) if live[i].on_text else None
+
+        self.batches.append(len(live))
+        try:
+            completions: list[Completion] = self.engine.generate(
+                first.model,
+                [r.prompt for r in live],
+                options=first.options,
+                template=first.template,
+                system=first.system,
+                backend=self.backend,
+                device=self.device,
+                on_text=relay if any(r.on_text for r in live) else None,
+            )
+        except Exception as exc:  # the whole batch failed (model would not load, service down, ...)
+            log.warning("a batch of %d for %s failed: %s", len(live), first.model.name, exc)
+            for r in live:
+                r.future.set_exception(exc)
+            return
+        for r, completion in zip(live, completions):
+            r.future.set_result(completion)

@@ -1,0 +1,286 @@
+"""The engine: resolved model + prompts + template + options -> Completions.
+
+The Python API, the CLI and (later) the server all call this; it knows nothing of HTTP or terminals.
+Loaded backends are cached per (model, backend, device), so several runners on one model share weights.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+from tunelab.config import Settings
+from tunelab.errors import ConfigError, PromptError
+from tunelab.inference.backends.base import Backend, OnText
+from tunelab.inference.device import pick_device
+from tunelab.inference.options import BackendOutput, Completion, GenerationOptions
+from tunelab.inference.templates import BUILTIN_TEMPLATES, Template, resolve_template
+from tunelab.models.resolve import ResolvedModel
+
+log = logging.getLogger("tunelab")
+
+BACKENDS = ("auto", "transformers", "llama_cpp", "vllm")
+
+
+def choose_backend(model: ResolvedModel, requested: str, device: str) -> str:
+    """`auto`: llama.cpp for a GGUF on CPU (fastest here), transformers otherwise."""
+    if model.remote is not None:
+        if requested not in ("auto", "remote"):
+            raise ConfigError(f"{model.name!r} is a remote model; it has no local {requested!r} backend")
+        return "remote"
+    if requested not in BACKENDS:
+        raise ConfigError(f"unknown backend {requested!r}; choose one of {BACKENDS}")
+    if model.adapter_path is not None and model.fast_gguf is not None:
+        # a tuned model with its merged GGUF: as fast as its base on llama.cpp (the adapter path stays
+        # for backend="transformers": training, exact float32 answers)
+        if requested == "llama_cpp" or (
+            requested == "auto" and device == "cpu" and importlib.util.find_spec("llama_cpp")
+        ):
+            return "llama_cpp"
+    if model.adapter_path is not None:
+        if requested in ("llama_cpp", "vllm"):
+            raise ConfigError(
+                f"{model.name!r} is a LoRA adapter, which the {requested} backend does not apply; use "
+                f"backend='transformers', or `tunelab export {model.name} --merged DIR --gguf` "
+                "and run the GGUF"
+            )
+        return "transformers"
+    if requested == "llama_cpp":
+        if model.gguf_path is None:
+            raise ConfigError(
+                f"{model.name!r} is not a GGUF file, so the llama_cpp backend cannot run it; "
+                "use backend='transformers'"
+            )
+        return "llama_cpp"
+    if requested in ("transformers", "vllm"):
+        return requested  # vllm: only when asked for (a CUDA GPU and the vllm package)
+    if model.gguf_path is not None and device == "cpu" and importlib.util.find_spec("llama_cpp"):
+        return "llama_cpp"
+    return "transformers"
+
+
+@dataclass
+class Prepared:
+    """Prompts after validation and templating; `errors[i]` is set for a prompt that cannot run."""
+
+    texts: list[str]
+    errors: list[str | None]
+    wrapped: list[bool]
+
+
+def prepare_prompts(prompts: list, template: Template, system: str | None) -> Prepared:
+    """Each prompt is a string, or a chat conversation (a list of {"role", "content"} messages)."""
+    texts, errors, wrapped = [], [], []
+    for i, prompt in enumerate(prompts):
+        where = f"prompt {i}" if len(prompts) > 1 else "the prompt"
+        if isinstance(prompt, list) and all(isinstance(m, dict) for m in prompt):
+            try:
+                conversation = ([{"role": "system", "content": system}] if system else []) + prompt
+                texts.append(template.render_chat(conversation))
+                errors.append(None)
+            except ConfigError as exc:
+                texts.append("")
+                errors.append(f"{where}: {exc}")
+            wrapped.append(False)
+        elif not isinstance(prompt, str):
+            texts.append("")
+            errors.append(f"{where} is a {type(prompt).__name__}, not a string: {prompt!r:.60}")
+            wrapped.append(False)
+        elif not prompt.strip():
+            texts.append("")
+            errors.append(f"{where} is empty")
+            wrapped.append(False)
+        else:
+            texts.append(template.render(prompt, system))
+            errors.append(None)
+            wrapped.append(template.is_wrapped(prompt))
+    return Prepared(texts, errors, wrapped)
+
+
+class Engine:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self._backends: dict[tuple, Backend] = {}
+        self._lock = threading.Lock()
+
+    def load(self, model: ResolvedModel, backend: str = "auto", device: str = "auto") -> Backend:
+        device_name = "remote" if model.remote is not None else pick_device(device)
+        kind = choose_backend(model, backend, device_name)
+        where = f"{model.gguf_path or model.hf_path}+{model.adapter_path}+{model.fast_gguf}"
+        if model.remote is not None:  # a changed key or URL must reach a new client
+            where = model.remote.model_dump_json() + str(model.remote.resolve_key())
+        key = (model.name, where, kind, device_name, self.settings.dtype)
+        with self._lock:
+            if key not in self._backends:
+                self._backends[key] = self._build(model, kind, device_name)
+            return self._backends[key]
+
+    def _build(self, model: ResolvedModel, kind: str, device: str) -> Backend:
+        if kind == "remote":
+            from tunelab.inference.backends.remote_backend import RemoteBackend
+
+            return RemoteBackend(model.remote)
+        if kind == "llama_cpp":
+            from tunelab.inference.backends.llama_cpp_backend import LlamaCppBackend
+
+            # an adapter's gguf_path is its base's: the tuned weights are in its own merged GGUF
+            return LlamaCppBackend(model.fast_gguf if model.adapter_path is not None else model.gguf_path)
+        from tunelab.inference.backends.transformers_backend import TransformersBackend, dequantized_dir
+
+        if kind == "vllm":
+            from tunelab.inference.backends.vllm_backend import VllmBackend
+
+            path = dequantized_dir(model.gguf_path, self.settings.home) if model.gguf_path else model.hf_path
+            return VllmBackend(str(path), adapter_path=model.adapter_path)
+
+        if model.gguf_path is not None:
+            return TransformersBackend(
+                str(dequantized_dir(model.gguf_path, self.settings.home)),
+                device=device,
+                dtype=self.settings.dtype,
+                adapter_path=model.adapter_path,
+            )
+        return TransformersBackend(
+            model.hf_path,
+            device=device,
+            dtype=self.settings.dtype,
+            local_files_only=model.source != "hub",
+            adapter_path=model.adapter_path,
+        )
+
+    def template_for(self, model: ResolvedModel, backend: Backend, spec: str | None) -> Template:
+        if (spec or "auto") == "auto" and model.template_source:
+            # A fine-tuned model answers in the template it was trained with.
+            spec = model.template_name if model.template_name in BUILTIN_TEMPLATES else model.template_source
+        return resolve_template(
+            spec,
+            model_chat_template=backend.chat_template,
+            model_name=model.alias_of or model.name,
+            bos_token=backend.bos_token,
+            eos_token=backend.eos_token,
+            add_bos=backend.add_bos,
+        )
+
+    def measure(
+        self,
+        model: ResolvedModel,
+        prompt: str | list[dict[str, str]],
+        *,
+        template: str | None = "auto",
+        system: str | None = None,
+        backend: str = "auto",
+        device: str = "auto",
+    ) -> tuple[int, int]:
+        """(prompt tokens, context length) of one prompt as the model would see it (0 tokens when a remote
+        service counts them itself). A prompt that cannot be rendered raises PromptError."""
+        engine_backend = self.load(model, backend, device)
+        if engine_backend.name == "remote":
+            return 0, engine_backend.context_length
+        prepared = prepare_prompts([prompt], self.template_for(model, engine_backend, template), system)
+        if prepared.errors[0]:
+            raise PromptError(prepared.errors[0])
+        return engine_backend.count_tokens(prepared.texts[0]), engine_backend.context_length
+
+    def generate(
+        self,
+        model: ResolvedModel,
+        prompts: list,
+        *,
+        options: GenerationOptions,
+        template: str | None = "auto",
+        system: str | None = None,
+        backend: str = "auto",
+        device: str = "auto",
+        on_text: OnText | None = None,
+    ) -> list[Completion]:
+        """Answer every prompt as one batch; a bad prompt gets an error record, the others their answers.
+
+        A prompt is a string or a chat conversation (list of messages). `on_text(i, text_so_far)` is
+        called as prompt i's answer grows (token by token on local backends, once on remote ones); it
+        may return False to say nobody reads that answer any more (llama.cpp then stops it)."""
+        engine_backend = self.load(model, backend, device)
+        remote_chat = engine_backend.name == "remote" and (template or "auto") == "auto"
+        if remote_chat:
+            # The service applies the model's own template; tunelab sends plain messages.
+            chosen = Template("service's own", "{{ prompt }}")
+        else:
+            chosen = self.template_for(model, engine_backend, template)
+        prepared = prepare_prompts(prompts, chosen, system)
+        options = GenerationOptions.from_kwargs(
+            options, stop=tuple(dict.fromkeys(options.stop + chosen.stop))
+        )
+        runnable = [i for i, err in enumerate(prepared.errors) if err is None]
+        start = time.perf_counter()
+        if not runnable:
+            outputs: list[BackendOutput] = []
+        else:
+            relay = None
+            if on_text is not None:
+
+                def relay(k: int, text: str) -> bool | None:
+                    return on_text(runnable[k], text)
+
+            if remote_chat:
+                outputs = engine_backend.generate_chat(
+                    [prompts[i] for i in runnable], options, system, on_text=relay
+                )
+            else:
+                outputs = engine_backend.generate(
+                    [prepared.texts[i] for i in runnable], options, on_text=relay
+                )
+        latency = time.perf_counter() - start
+        by_index = dict(zip(runnable, outputs))
+        completions = []
+        for i, prompt in enumerate(prompts):
+            out = by_index.get(i) or BackendOutput("", "error", 0, 0, error=prepared.errors[i])
+            completions.append(
+                Completion(
+                    text=out.text,
+                    finish_reason=out.finish_reason,
+                    prompt_tokens=out.prompt_tokens,
+                    completion_tokens=out.completion_tokens,
+                    model=model.name,
+                    template=chosen.name,
+                    backend=engine_backend.name,
+                    prompt=_prompt_text(prompt),
+                    latency_s=latency if i in by_index else 0.0,
+                    tokens_per_s=out.completion_tokens / latency if latency > 0 and i in by_index else 0.0,
+                    error=out.error,
+                    max_new_tokens=options.max_new_tokens,
+                    extra={
+                        k: v
+                        for k, v in {
+                            "requested_model": model.requested if model.requested != model.name else None,
+                            "alias_of": model.alias_of,
+                            "already_wrapped": prepared.wrapped[i] or None,
+                        }.items()
+                        if v is not None
+                    },
+                )
+            )
+        return completions
+
+
+def _prompt_text(prompt) -> str:
+    """What a Completion records as its prompt: the text, or a conversation's last user message."""
+    if isinstance(prompt, str):
+        return prompt
+    if isinstance(prompt, list) and prompt and isinstance(prompt[-1], dict):
+        return str(prompt[-1].get("content", ""))
+    return repr(prompt)
+
+
+_ENGINES: dict[str, Engine] = {}
+
+
+def engine_for(settings: Settings) -> Engine:
+    """One engine per data home, shared by every runner in the process."""
+    key = str(settings.home)
+    if key not in _ENGINES:
+        _ENGINES[key] = Engine(settings)
+    engine = _ENGINES[key]
+    engine.settings = settings
+    return engine

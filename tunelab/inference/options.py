@@ -1,0 +1,118 @@
+"""Generation options and the Completion record: the types every backend speaks."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from tunelab.errors import GenerationOptionError
+
+FinishReason = Literal["stop", "length", "error"]
+
+# Large enough that ordinary answers (a step-by-step list, a paragraph) are not cut;
+# the lesson's truncated answers are reproduced by asking for fewer tokens.
+DEFAULT_MAX_NEW_TOKENS = 512
+
+
+@dataclass(frozen=True)
+class GenerationOptions:
+    """How to sample. Greedy (temperature 0) by default, so the same call gives the same text."""
+
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    repetition_penalty: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    # Typed output: a JSON schema (as JSON text, so options stay hashable) the answer must match;
+    # the backend constrains decoding to it (tunelab.inference.typed turns an output_type into one).
+    json_schema: str | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+            raise GenerationOptionError(
+                f"max_new_tokens must be a positive integer, got {self.max_new_tokens!r}"
+            )
+        if self.temperature < 0:
+            raise GenerationOptionError(f"temperature must be >= 0, got {self.temperature!r}")
+        if not 0 < self.top_p <= 1:
+            raise GenerationOptionError(f"top_p must be in (0, 1], got {self.top_p!r}")
+        if self.top_k < 0:
+            raise GenerationOptionError(f"top_k must be >= 0 (0 means off), got {self.top_k!r}")
+        if self.repetition_penalty <= 0:
+            raise GenerationOptionError(f"repetition_penalty must be > 0, got {self.repetition_penalty!r}")
+        if any(not isinstance(s, str) or not s for s in self.stop):
+            raise GenerationOptionError(f"stop must be a list of non-empty strings, got {list(self.stop)!r}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+    @classmethod
+    def from_kwargs(cls, base: GenerationOptions | None = None, **kwargs: Any) -> GenerationOptions:
+        """Merge user options over `base`. Accepts Lamini's `max_tokens` for `max_new_tokens`."""
+        if "max_tokens" in kwargs:
+            value = kwargs.pop("max_tokens")
+            if "max_new_tokens" in kwargs and kwargs["max_new_tokens"] != value:
+                raise GenerationOptionError("give max_new_tokens or max_tokens, not both")
+            kwargs["max_new_tokens"] = value
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(kwargs) - known)
+        if unknown:
+            raise GenerationOptionError(
+                f"unknown generation option(s) {unknown}; known: {sorted(known | {'max_tokens'})}"
+            )
+        if "stop" in kwargs:
+            stop = kwargs["stop"]
+            kwargs["stop"] = (stop,) if isinstance(stop, str) else tuple(stop or ())
+        values = {k: v for k, v in kwargs.items() if v is not None or k == "seed"}
+        return dataclasses.replace(base or cls(), **values)
+
+
+@dataclass
+class BackendOutput:
+    """What a backend returns for one already-templated prompt."""
+
+    text: str
+    finish_reason: FinishReason
+    prompt_tokens: int
+    completion_tokens: int
+    error: str | None = None
+
+
+@dataclass
+class Completion:
+    """One answer, with how it was made. `finish_reason == "length"` means the token limit cut it."""
+
+    text: str
+    finish_reason: FinishReason
+    prompt_tokens: int
+    completion_tokens: int
+    model: str
+    template: str
+    backend: str
+    prompt: str
+    latency_s: float = 0.0
+    tokens_per_s: float = 0.0
+    error: str | None = None
+    max_new_tokens: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+    # typed output: the validated object (a pydantic instance or a dict), when output_type was given
+    parsed: Any = None
+
+    @property
+    def truncated(self) -> bool:
+        return self.finish_reason == "length"
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def cut_at_stop(text: str, stops: tuple[str, ...] | list[str]) -> tuple[str, bool]:
+    """Cut `text` before the earliest stop string. Returns (text, whether a stop string was hit)."""
+    cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
+    if cut < 0:
+        return text, False
+    return text[:cut], True

@@ -1,0 +1,1 @@
+"""The server's store (SQLAlchemy; SQLite or PostgreSQL): keys, files, jobs, events, checkpoints."""

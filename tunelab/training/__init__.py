@@ -1,0 +1,1 @@
+"""Fine-tuning: training data, shipped data sets, the recipe (setup -> loop -> save)."""

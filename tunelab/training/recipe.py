@@ -1,0 +1,735 @@
+"""The fine-tuning recipe: LoRA or full, read top to bottom.
+
+    config  -> TrainConfig (validated; defaults measured, see docs/finetuning.md)
+    model   -> the base's torch weights (a GGUF is dequantized once), + a LoRA adapter (peft)
+    data    -> each conversation rendered with the *inference* template; loss only on answer tokens,
+               each answer closed by the token that ends a turn (learned, so the model stops)
+    batches -> length-grouped (little padding), in a seeded order that a resume replays
+    loop    -> micro-batches accumulated to the loss of the full batch; AdamW, warmup + cosine
+    save    -> checkpoints every N steps (trainable weights, optimizer, scheduler, RNG, step);
+               at the end the registry entry: weights, tokenizer, template, record, metrics, loss.png
+
+It runs as one process, or under ``accelerate launch`` (DDP over GPUs, or CPU processes with gloo):
+each process takes its share of every batch's micro-batches and gradients are averaged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import random
+import re
+import shutil
+import time
+import warnings
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from tunelab.config import Settings
+from tunelab.errors import ConfigError, TunelabError
+from tunelab.inference.templates import Template, resolve_template
+from tunelab.models.registry import ModelRecord, model_dir, save_record
+from tunelab.models.resolve import ResolvedModel
+from tunelab.training.data import DataError, DataReport, Example
+
+log = logging.getLogger("tunelab")
+
+IGNORE = -100  # label of a token that is not learned (prompt, padding)
+
+
+class TrainConfig(BaseModel):
+    """Hyperparameters. Defaults were chosen by measurement on 2 CPU cores (docs/finetuning.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: Literal["lora", "full"] = "lora"
+    epochs: float = Field(8, gt=0, le=1000)
+    learning_rate: float | None = Field(None, gt=0, lt=1)  # None: 1e-3 for LoRA, 5e-5 for full
+    batch_size: int = Field(8, ge=1, le=4096)  # examples per optimizer step
+    micro_batch_size: int = Field(8, ge=1, le=4096)  # examples per forward pass (memory)
+    max_seq_len: int = Field(512, ge=8, le=131072)
+    eval_fraction: float = Field(0.1, ge=0, lt=1)
+    seed: int = 0
+    lora_rank: int = Field(16, ge=1, le=1024)
+    lora_alpha: float = Field(32, gt=0)
+    lora_dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: str | list[str] = "all-linear"
+    warmup_fraction: float = Field(0.1, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    checkpoint_every: int = Field(20, ge=1)  # optimizer steps
+    eval_every: int = Field(20, ge=1)
+    template: str = "auto"  # the model's own chat template; llama2 [INST] for a base model
+    autocast: Literal["auto", "bf16", "off"] = "auto"
+
+    @property
+    def lr(self) -> float:
+        return self.learning_rate or (1e-3 if self.method == "lora" else 5e-5)
+
+
+def make_config(**kwargs: Any) -> TrainConfig:
+    """TrainConfig from keyword arguments, with a ConfigError naming each bad field."""
+    try:
+        return TrainConfig(**{k: v for k, v in kwargs.items() if v is not None})
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"bad training settings: {problems}") from None
+
+
+@dataclass
+class TrainResult:
+    """What `train()` made: the new model's id (usable as a model name at once) and its numbers."""
+
+    model_id: str
+    path: Path
+    method: str
+    steps: int
+    epochs: float
+    train_loss: float
+    eval_loss: float | None
+    tokens_per_s: float
+    seconds: float
+    resumed_from_step: int | None = None
+    processes: int = 1  # training processes (more under `accelerate launch`)
+
+    @property
+    def model_name(self) -> str:
+        return self.model_id
+
+
+@dataclass
+class Tokenized:
+    input_ids: list[int]
+    labels: list[int]
+    source: str
+
+
+# -- data -------------------------------------------------------------------------------------
+
+
+def tokenize_example(example: Example, template: Template, tokenizer, add_bos: bool) -> Tokenized:
+    """Token ids and labels: prompts and template markup are IGNORE, answers (+ end of turn) learned.
+
+    Each segment is tokenized on its own, as at inference (the prompt is encoded alone, then the
+    model writes the answer). An answer the template does not close with an end-of-turn token gets
+    the model's EOS, so the tuned model learns to stop.
+    """
+    # a dict lookup per stop (get_vocab() would copy a 262k-entry vocabulary for every example)
+    stop_ids = (tokenizer.convert_tokens_to_ids(s) for s in template.stop)
+    end_ids = {tokenizer.eos_token_id} | {
+        i for i in stop_ids if isinstance(i, int) and i != tokenizer.unk_token_id
+    }
+    ids: list[int] = [tokenizer.bos_token_id] if add_bos else []
+    labels: list[int] = [IGNORE] * len(ids)
+    for text, is_answer in template.render_conversation(example.messages):
+        piece = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if is_answer and not end_ids.intersection(piece):
+            piece = [*piece, tokenizer.eos_token_id]
+        ids += piece
+        labels += piece if is_answer else [IGNORE] * len(piece)
+    return Tokenized(ids, labels, example.source)
+
+
+def tokenize_all(
+    examples: list[Example], template: Template, tokenizer, add_bos: bool, max_seq_len: int
+) -> list[Tokenized]:
+    rows, cut = [], []
+    for example in examples:
+        row = tokenize_example(example, template, tokenizer, add_bos)
+        if len(row.input_ids) > max_seq_len:
+            cut.append(f"{row.source} ({len(row.input_ids)} tokens)")
+            row = Tokenized(row.input_ids[:max_seq_len], row.labels[:max_seq_len], row.source)
+        if all(label == IGNORE for label in row.labels[1:]):
+            raise DataError(
+                f"{row.source}: no answer token is left within max_seq_len={max_seq_len}; "
+                "raise max_seq_len or shorten the prompt",
+                DataReport(),
+            )
+        rows.append(row)
+    if cut:
+        log.warning(
+            "%d of %d examples are longer than max_seq_len=%d and were cut (their answers lose the end): %s",
+            len(cut),
+            len(rows),
+            max_seq_len,
+            ", ".join(cut[:10]) + (" ..." if len(cut) > 10 else ""),
+        )
+    return rows
+
+
+def split_examples(examples: list[Example], eval_fraction: float, seed: int) -> tuple[list, list]:
+    """A seeded held-out split; at least one example stays for training."""
+    order = list(range(len(examples)))
+    random.Random(seed).shuffle(order)
+    n_eval = min(int(round(len(examples) * eval_fraction)), len(examples) - 1)
+    held = set(order[:n_eval])
+    return [e for i, e in enumerate(examples) if i not in held], [examples[i] for i in sorted(held)]
+
+
+def epoch_batches(lengths: list[int], batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """One epoch's batches: shuffled, grouped by length within windows, batch order shuffled again.
+
+    Depends only on (lengths, batch_size, seed, epoch), so a resumed run replays the same order.
+    """
+    rng = random.Random(seed * 100_003 + epoch)
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    window = batch_size * 16
+    grouped: list[int] = []
+    for start in range(0, len(order), window):
+        grouped += sorted(order[start : start + window], key=lambda i: lengths[i])
+    batches = [grouped[i : i + batch_size] for i in range(0, len(grouped), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def collate(rows: list[Tokenized], pad_id: int, device) -> dict[str, torch.Tensor]:
+    """Right-pad to the longest row. Padding is found by length, never by token id, so a pad id that
+    equals EOS (SmolLM2's) cannot mask the real EOS label."""
+    width = max(len(r.input_ids) for r in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+    attention = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        n = len(row.input_ids)
+        input_ids[i, :n] = torch.tensor(row.input_ids)
+        labels[i, :n] = torch.tensor(row.labels)
+        attention[i, :n] = 1
+    return {
+        "input_ids": input_ids.to(device),
+        "labels": labels.to(device),
+        "attention_mask": attention.to(device),
+    }
+
+
+def answer_tokens(rows: list[Tokenized]) -> int:
+    """Tokens that carry loss (a label predicted from the token before it)."""
+    return sum(sum(1 for label in r.labels[1:] if label != IGNORE) for r in rows)
+
+
+def summed_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Sum of token losses over the answer tokens of a micro-batch (the caller divides once).
+
+    Logits are computed only from the first position whose next token is learned: the prompts before
+    it carry no loss, and over a 49k-262k vocabulary the logits are the largest tensors of the step.
+    """
+    labels = batch["labels"]
+    learned = (labels[:, 1:] != IGNORE).any(dim=0).nonzero()
+    first = int(learned[0]) if len(learned) else labels.shape[1] - 2
+    keep = labels.shape[1] - first  # logits for positions first .. T-1
+    logits = model(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=keep
+    ).logits
+    return torch.nn.functional.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
+        labels[:, first + 1 :].reshape(-1),
+        ignore_index=IGNORE,
+        reduction="sum",
+    )
+
+
+def backward_batch(accelerator, model, chunks, n_answer: int, pad_id: int, bf16: bool, *, idle=False):
+    """Backward over this process's micro-batches; returns its part of the batch's mean answer loss.
+
+    Each micro-batch's summed loss is divided by the token count of the *whole* batch, so the
+    gradients add up to the gradient of the full batch's mean loss however the batch is split. DDP
+    averages gradients over processes, which the factor `world` undoes. A process with no share of a
+    small batch runs one zero-weight pass (`idle`) so that DDP's collective calls stay in step.
+    """
+    world = accelerator.num_processes
+    weight = 0.0 if idle else world / n_answer
+    total = torch.zeros((), device=accelerator.device)
+    for k, chunk in enumerate(chunks):
+        with accelerator.no_sync(model) if k < len(chunks) - 1 else nullcontext():
+            with torch.autocast(accelerator.device.type, torch.bfloat16, enabled=bf16):
+                loss = summed_loss(model, collate(chunk, pad_id, accelerator.device)) * weight
+            accelerator.backward(loss)
+        total += loss.detach() / world
+    return total
+
+
+# -- identity and files -------------------------------------------------------------------------
+
+
+def data_hash(examples: list[Example]) -> str:
+    digest = hashlib.sha256()
+    for example in examples:
+        digest.update(json.dumps(example.messages, sort_keys=True, ensure_ascii=False).encode())
+    return digest.hexdigest()
+
+
+def model_id_for(base_name: str, config: TrainConfig, digest: str) -> str:
+    """`<base>-tuned-<8 hex>`; the same base, data and settings give the same id (a resume finds its run)."""
+    stem = re.sub(r"[^a-z0-9.-]+", "-", Path(base_name).name.lower().removesuffix(".gguf")).strip("-")
+    ident = hashlib.sha256(f"{base_name}|{digest}|{config.model_dump_json()}".encode()).hexdigest()[:8]
+    return f"{stem or 'model'}-tuned-{ident}"
+
+
+def run_dir(settings: Settings, model_id: str) -> Path:
+    return settings.home / "runs" / model_id
+
+
+def checkpoints(run: Path) -> list[Path]:
+    """Complete checkpoints, oldest first (a `step-N.tmp` left by a kill mid-save is not one)."""
+    found = [p for p in run.glob("checkpoints/step-*") if re.fullmatch(r"step-\d+", p.name)]
+    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+
+def latest_checkpoint(run: Path) -> Path | None:
+    found = checkpoints(run)
+    return found[-1] if found else None
+
+
+def trainable_state(model) -> dict[str, torch.Tensor]:
+    return {name: p.detach().cpu().contiguous() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def save_checkpoint(run: Path, step: int, model, optimizer, scheduler, metrics: list[dict]) -> None:
+    """Written to a temporary directory and renamed, so a kill -9 mid-save leaves the last good one."""
+    from safetensors.torch import save_file
+
+    final = run / "checkpoints" / f"step-{step}"
+    tmp = final.with_name(final.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file(trainable_state(model), tmp / "trainable.safetensors")
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optim.pt")
+    rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    torch.save(rng, tmp / "rng.pt")
+    (tmp / "state.json").write_text(json.dumps({"step": step, "metrics": metrics}))
+    tmp.rename(final)
+    for old in checkpoints(run)[:-2]:
+        shutil.rmtree(old, ignore_errors=True)  # keep the last two
+
+
+def load_checkpoint(path: Path, model, optimizer, scheduler) -> tuple[int, list[dict]]:
+    from safetensors.torch import load_file
+
+    weights = load_file(str(path / "trainable.safetensors"))
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, value in weights.items():
+            params[name].copy_(value.to(params[name].device))
+    optim = torch.load(path / "optim.pt", weights_only=False)
+    optimizer.load_state_dict(optim["optimizer"])
+    scheduler.load_state_dict(optim["scheduler"])
+    rng = torch.load(path / "rng.pt", weights_only=False)
+    random.setstate(rng["python"])
+    np.random.set_state(rng["numpy"])
+    torch.set_rng_state(rng["torch"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    state = json.loads((path / "state.json").read_text())
+    return state["step"], state["metrics"]
+
+
+def plot_losses(metrics: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    steps = [m["step"] for m in metrics if "train_loss" in m]
+    ax.plot(steps, [m["train_loss"] for m in metrics if "train_loss" in m], label="train loss")
+    evals = [m for m in metrics if m.get("eval_loss") is not None]
+    if evals:
+        ax.plot([m["step"] for m in evals], [m["eval_loss"] for m in evals], "o-", label="eval loss")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss (answer tokens)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# -- the recipe --------------------------------------------------------------------------------
+
+
+def load_base(base: ResolvedModel, settings: Settings):
+    """(model, tokenizer, HF directory) of the base weights, in float32 (the optimizer's precision)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    from tunelab.inference.backends.transformers_backend import dequantized_dir
+
+    hf_logging.disable_progress_bar()  # tunelab's own bar is the one to watch
+
+    if base.remote is not None:
+        raise ConfigError(f"{base.name!r} is a remote model; tunelab can only fine-tune local weights")
+    if base.adapter_path is not None:
+        raise ConfigError(
+            f"{base.name!r} is itself a LoRA fine-tune; export it merged first "
+            f"(`tunelab export {base.name} --merged DIR`) and tune that directory"
+        )
+    path = str(dequantized_dir(base.gguf_path, settings.home)) if base.gguf_path else base.hf_path
+    local_only = base.source != "hub"
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local_only)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, local_files_only=local_only)
+    return model, tokenizer, path
+
+
+def training_template(spec: str, tokenizer, base_name: str, add_bos: bool) -> Template:
+    """The model's own chat template (or the one named); a base model without one learns llama2's [INST]."""
+    chat_template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else None
+    if spec == "auto" and chat_template is None:
+        spec = "llama2"
+    return resolve_template(
+        spec,
+        model_chat_template=chat_template,
+        model_name=base_name,
+        bos_token=tokenizer.bos_token or "",
+        eos_token=tokenizer.eos_token or "",
+        add_bos=add_bos,
+    )
+
+
+def use_bf16_autocast(config: TrainConfig, device: str) -> bool:
+    if config.autocast != "auto":
+        return config.autocast == "bf16"
+    if device == "cuda":
+        return torch.cuda.is_bf16_supported()
+    # A CPU with native bf16 (AVX512-BF16 / AMX) trains ~1.4x faster under bf16 autocast at the same
+    # held-out accuracy (measured, benchmarks/RESULTS.md); without it bf16 is emulated and slower.
+    from tunelab.inference.device import cpu_has_native_bf16
+
+    return device == "cpu" and cpu_has_native_bf16()
+
+
+def train(
+    base: ResolvedModel,
+    examples: list[Example],
+    settings: Settings,
+    config: TrainConfig,
+    *,
+    resume: bool = False,
+    is_public: bool = False,
+    progress: bool = True,
+    stop_after_steps: int | None = None,
+    model_id: str | None = None,
+    on_step: Callable[[dict[str, Any]], bool | None] | None = None,
+) -> TrainResult:
+    """Fine-tune `base` on `examples`; save the result in the registry and return its id.
+
+    `stop_after_steps` ends the run early after that many optimizer steps, leaving checkpoints (as an
+    interrupted run would): for tests and for training in slices. `model_id` replaces the id derived
+    from the inputs (a server job names its own model). `on_step(record)` gets each step's metrics
+    (with `total_steps`, and `checkpoint` when one was saved); returning False stops the run after that
+    step (TrainingInterrupted) with its checkpoints kept.
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from transformers import get_cosine_schedule_with_warmup
+
+    from tunelab.inference.backends.transformers_backend import tokenizer_adds_bos
+
+    if len(examples) < 2:
+        raise DataError(
+            f"training needs at least 2 examples, got {len(examples)}; add data with load_data()",
+            DataReport(examples=list(examples)),
+        )
+    started = time.perf_counter()
+    set_seed(config.seed)
+    # peft asks transformers a deprecated question on every wrap; the warning is not the user's to act on
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+
+    # 1. model + tokenizer + template
+    model, tokenizer, base_path = load_base(base, settings)
+    add_bos = tokenizer_adds_bos(tokenizer)
+    template = training_template(config.template, tokenizer, base.alias_of or base.name, add_bos)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if config.method == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(
+            model,
+            LoraConfig(
+                r=config.lora_rank,
+                lora_alpha=config.lora_alpha,
+                lora_dropout=config.lora_dropout,
+                target_modules=config.target_modules,
+                task_type="CAUSAL_LM",
+            ),
+        )
+    model.config.use_cache = False
+
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    bf16 = use_bf16_autocast(config, accelerator.device.type)
+    if bf16 and config.method == "lora":
+        store_frozen_linears_in_bf16(model)
+    main = accelerator.is_main_process
+
+    # 2. data: split, tokenize with the inference template, group by length
+    train_examples, eval_examples = split_examples(examples, config.eval_fraction, config.seed)
+    train_rows = tokenize_all(train_examples, template, tokenizer, add_bos, config.max_seq_len)
+    eval_rows = tokenize_all(eval_examples, template, tokenizer, add_bos, config.max_seq_len)
+    lengths = [len(r.input_ids) for r in train_rows]
+    steps_per_epoch = math.ceil(len(train_rows) / config.batch_size)
+    total_steps = max(1, math.ceil(steps_per_epoch * config.epochs))
+
+    # 3. optimizer + schedule
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = get_cosine_schedule_with_warmup(
+        optimizer, int(total_steps * config.warmup_fraction), total_steps
+    )
+    model, optimizer = accelerator.prepare(model, optimizer)
+
+    # 4. where this run lives; resume from its last checkpoint
+    digest = data_hash(examples)
+    model_id = model_id or model_id_for(base.alias_of or base.name, config, digest)
+    run = run_dir(settings, model_id)
+    step, metrics, resumed_from = 0, [], None
+    checkpoint = latest_checkpoint(run) if resume else None
+    if resume and checkpoint is None:
+        log.warning("resume=True but %s has no checkpoint: starting from the beginning", run)
+    if checkpoint is not None:
+        step, metrics = load_checkpoint(checkpoint, accelerator.unwrap_model(model), optimizer, scheduler)
+        resumed_from = step
+        log.info("resuming %s from step %d (%s)", model_id, step, checkpoint)
+    elif main:
+        shutil.rmtree(run, ignore_errors=True)
+    accelerator.wait_for_everyone()
+
+    def evaluate_loss() -> float | None:
+        if not eval_rows:
+            return None
+        model.eval()
+        total, count = 0.0, 0
+        with torch.no_grad(), torch.autocast(accelerator.device.type, torch.bfloat16, enabled=bf16):
+            for start in range(0, len(eval_rows), config.micro_batch_size):
+                chunk = eval_rows[start : start + config.micro_batch_size]
+                total += summed_loss(model, collate(chunk, pad_id, accelerator.device)).item()
+                count += answer_tokens(chunk)
+        model.train()
+        return total / max(count, 1)
+
+    # 5. the loop
+    bar = _progress(total_steps, model_id, enabled=progress and main)
+    bar.update(step)
+    model.train()
+    trained_tokens, loop_started = 0, time.perf_counter()
+    world, rank = accelerator.num_processes, accelerator.process_index
+    batches_of: dict[int, list[list[int]]] = {}  # one epoch's order, computed once per epoch
+    while step < total_steps:
+        epoch, index = divmod(step, steps_per_epoch)
+        if epoch not in batches_of:
+            batches_of = {epoch: epoch_batches(lengths, config.batch_size, config.seed, epoch)}
+        batch_ids = batches_of[epoch][index]
+        rows = [train_rows[i] for i in batch_ids]
+        n_answer = answer_tokens(rows)  # the full batch's count, on every process
+        micro = [rows[i : i + config.micro_batch_size] for i in range(0, len(rows), config.micro_batch_size)]
+        mine = micro[rank::world]
+        step_loss = backward_batch(
+            accelerator, model, mine or [rows[:1]], n_answer, pad_id, bf16, idle=not mine
+        )
+        accelerator.clip_grad_norm_(trainable, config.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        trained_tokens += sum(len(r.input_ids) for r in rows)
+        train_loss = accelerator.reduce(step_loss, reduction="sum").item()
+        elapsed = time.perf_counter() - loop_started
+        record: dict[str, Any] = {
+            "step": step,
+            "epoch": round(step / steps_per_epoch, 3),
+            "train_loss": round(train_loss, 5),
+            "learning_rate": scheduler.get_last_lr()[0],
+            "tokens_per_s": round(trained_tokens / elapsed, 1),
+        }
+        if step % config.eval_every == 0 or step == total_steps:
+            record["eval_loss"] = evaluate_loss()
+        metrics.append(record)
+        bar.update(1, loss=train_loss, tps=record["tokens_per_s"])
+        saved = main and (step % config.checkpoint_every == 0 or step == total_steps)
+        if saved:
+            save_checkpoint(run, step, accelerator.unwrap_model(model), optimizer, scheduler, metrics)
+        accelerator.wait_for_everyone()
+        if on_step is not None and main:
+            update = record | {"total_steps": total_steps} | ({"checkpoint": str(run)} if saved else {})
+            if on_step(update) is False and step < total_steps:
+                bar.close()
+                raise TrainingInterrupted(f"stopped at step {step} of {total_steps} on request")
+        if (
+            stop_after_steps is not None
+            and step - (resumed_from or 0) >= stop_after_steps
+            and step < total_steps
+        ):
+            bar.close()
+            raise TrainingInterrupted(f"stopped after step {step} of {total_steps}; resume=True continues")
+    bar.close()
+
+    # 6. the registry entry
+    eval_loss = next((m["eval_loss"] for m in reversed(metrics) if m.get("eval_loss") is not None), None)
+    result = TrainResult(
+        model_id=model_id,
+        path=model_dir(settings, model_id),
+        method=config.method,
+        steps=step,
+        epochs=config.epochs,
+        train_loss=metrics[-1]["train_loss"],
+        eval_loss=eval_loss,
+        tokens_per_s=metrics[-1]["tokens_per_s"],
+        seconds=round(time.perf_counter() - started, 1),
+        resumed_from_step=resumed_from,
+        processes=accelerator.num_processes,
+    )
+    if main:
+        save_model(
+            accelerator.unwrap_model(model),
+            tokenizer,
+            result,
+            ModelRecord(
+                model_id=model_id,
+                base_model=base.alias_of or base.requested,
+                method=config.method,
+                template_name=template.name,
+                template_source=template.source,
+                data_hash=digest,
+                n_train=len(train_rows),
+                n_eval=len(eval_rows),
+                hyperparameters=config.model_dump() | {"learning_rate": config.lr},
+                metrics={
+                    "train_loss": result.train_loss,
+                    "eval_loss": eval_loss,
+                    "steps": step,
+                    "tokens_per_s": result.tokens_per_s,
+                    "seconds": result.seconds,
+                    "base_path": base_path,
+                },
+                is_public=is_public,
+            ),
+            metrics,
+            eval_examples,
+        )
+    if main and config.method == "lora" and base.gguf_path is not None:
+        # The export loads the base again: the training model, its gradients and the optimizer go first
+        # (accelerate holds them too).
+        accelerator.free_memory()
+        del model, optimizer, scheduler, trainable
+        release_memory()
+        write_fast_gguf(model_id, settings)
+    accelerator.wait_for_everyone()
+    return result
+
+
+def store_frozen_linears_in_bf16(model) -> None:
+    """Under bf16 autocast, keep the frozen base weights of the LoRA-adapted linear layers in bf16.
+
+    Autocast casts them to bf16 for every matmul anyway, so the forward pass and the gradients are the
+    same, bit for bit; what goes is their float32 copy (most of the model's size) and each step's bf16
+    casts, which autocast keeps alive for the backward pass. The LoRA weights stay float32 (peft keeps
+    adapters in float32 beside a bf16 base), as do the norms and the embeddings, which autocast leaves
+    in float32.
+    """
+    from peft.tuners.lora import LoraLayer
+
+    for module in model.modules():
+        if isinstance(module, LoraLayer):
+            base_layer = module.get_base_layer()
+            if isinstance(base_layer, torch.nn.Linear):
+                base_layer.to(torch.bfloat16)
+
+
+def release_memory() -> None:
+    """Collect freed tensors and hand the freed heap back to the OS (glibc keeps it otherwise, so the
+    process's resident size would stay at its training peak while the next stage allocates more)."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        pass
+
+
+def write_fast_gguf(model_id: str, settings: Settings) -> Path | None:
+    """Write the LoRA merged into its GGUF base into the registry entry (`export_gguf_over_base`: the
+    base's quantized tensors kept, the changed weights in F16), so `backend="auto"` runs the tuned
+    model on llama.cpp (0.65-0.75x its base, against 0.12-0.20x on transformers: benchmarks/tuned.py).
+    Where that cannot be done the tuned model keeps the transformers path, said in one log line."""
+    from tunelab.export.gguf import export_gguf_over_base
+    from tunelab.models.resolve import FAST_GGUF
+
+    target = model_dir(settings, model_id) / FAST_GGUF
+    try:
+        return export_gguf_over_base(model_id, target, settings, outtype="f16", overwrite=True)
+    except ConfigError as exc:
+        log.info("%s runs on transformers only: no GGUF for it (%s)", model_id, exc)
+        return None
+
+
+class TrainingInterrupted(TunelabError):
+    """A run stopped before its last step; its checkpoints remain for `resume=True`."""
+
+
+def save_model(model, tokenizer, result: TrainResult, record: ModelRecord, metrics, eval_examples) -> None:
+    target = result.path
+    tmp = target.with_name(target.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    if record.method == "lora":
+        model.save_pretrained(tmp / "adapter")
+    else:
+        model.config.use_cache = True
+        model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    with open(tmp / "metrics.jsonl", "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(m) + "\n" for m in metrics)
+    with open(tmp / "heldout.jsonl", "w", encoding="utf-8") as f:
+        for example in eval_examples:
+            row = {"messages": example.messages, "source": example.source}
+            if example.expected:
+                row["answer"] = example.expected
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    plot_losses(metrics, tmp / "loss.png")
+    save_record(tmp, record)
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.rename(target)
+
+
+class _progress:
+    """A rich progress bar with loss, tokens/s and time left (a no-op when disabled)."""
+
+    def __init__(self, total: int, name: str, *, enabled: bool):
+        self.enabled = enabled
+        if not enabled:
+            return
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.bar = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]:.3f}"),
+            TextColumn("{task.fields[tps]:.0f} tok/s"),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),  # stdout stays clean for --json
+        )
+        self.bar.start()
+        self.task = self.bar.add_task(f"tuning {name}", total=total, loss=float("nan"), tps=0.0)
+
+    def update(self, advance: int, **fields: float) -> None:
+        if self.enabled:
+            self.bar.update(self.task, advance=advance, **fields)
+
+    def close(self) -> None:
+        if self.enabled:
+            self.bar.stop()

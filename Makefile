@@ -6,8 +6,13 @@ PY := $(VENV)/bin/python
 # (and never reuse a cached native wheel). tunelab also loads models with use_extra_bufts off.
 # GGML_LLAMAFILE=OFF: without llamafile's tiled GEMM every row of a batch is computed as a lone row is,
 # so batched greedy answers equal one-prompt answers (32/32 instead of 24/32; batches 10% slower).
-LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
-	-DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON -DGGML_LLAMAFILE=OFF
+# Each instruction set is switched on only when this CPU has it (a build with AVX-512 on a CPU without it
+# dies at load with "Illegal instruction"); elsewhere than Linux x86 they stay off (ARM has NEON anyway).
+CPU_FLAGS := $(shell grep -m1 '^flags' /proc/cpuinfo 2>/dev/null)
+has = $(if $(filter $(1),$(CPU_FLAGS)),ON,OFF)
+LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=$(call has,avx) -DGGML_AVX2=$(call has,avx2) \
+	-DGGML_FMA=$(call has,fma) -DGGML_F16C=$(call has,f16c) -DGGML_AVX512=$(call has,avx512f) \
+	-DGGML_AVX512_VNNI=$(call has,avx512_vnni) -DGGML_AVX512_BF16=$(call has,avx512_bf16) -DGGML_LLAMAFILE=OFF
 
 .PHONY: install chromium postgres demo test test-slow lint bench
 
@@ -16,7 +21,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PY) -m pip install -q --upgrade pip
 	# torch first, pinned: a looser requirement would pull gigabytes of CUDA packages.
 	$(PY) -m pip install -q torch==2.13.0
-	# (re)build unless the installed one is 0.3.36 built without llamafile
+	# (re)build unless the installed one is 0.3.36, built without llamafile, and loads on this CPU
 	$(PY) -c "import llama_cpp as l, sys; sys.exit(l.__version__ != '0.3.36' or b'LLAMAFILE = 1' in l.llama_print_system_info())" 2>/dev/null || \
 		{ $(PY) -m pip uninstall -q -y llama-cpp-python 2>/dev/null; \
 		  CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PY) -m pip install -q --no-cache-dir llama-cpp-python==0.3.36; }
@@ -51,6 +56,7 @@ test-slow: install
 
 lint: install
 	$(VENV)/bin/ruff check tunelab tests benchmarks
+	$(VENV)/bin/ruff format --check tunelab
 
 bench: install
 	$(PY) -m pip install -q -e ".[dev,bench]"

@@ -268,9 +268,9 @@ def prepare(console, model_name: str) -> dict:
     from transformers import AutoTokenizer
 
     from tunelab.config import load_settings
-    from tunelab.inference.backends.transformers_backend import dequantized_dir
     from tunelab.inference.templates import resolve_template
     from tunelab.models.embedded import EMBEDDED, embedded_gguf_path
+    from tunelab.models.gguf_cache import dequantized_dir
 
     home = load_settings().home
     gguf = embedded_gguf_path(EMBEDDED[model_name], home)

@@ -159,7 +159,7 @@ def score_heldout(model: str, heldout: list[dict], max_new_tokens: int) -> dict:
 
 
 def tunelab_rows(job: dict, config, tokenizer) -> list:
-    """The recipe's own tokenization of the training examples (tunelab.training.recipe's functions), in order."""
+    """The recipe's own tokenization of the training examples (tunelab.training.recipe), in order."""
     from tunelab.inference.backends.transformers_backend import tokenizer_adds_bos
     from tunelab.training.data import load_records
     from tunelab.training.recipe import split_examples, tokenize_all, training_template
@@ -556,7 +556,7 @@ def main(argv: list[str] | None = None) -> int:
     from rich.table import Table
 
     from tunelab.config import load_settings
-    from tunelab.inference.backends.transformers_backend import dequantized_dir
+    from tunelab.models.gguf_cache import dequantized_dir
     from tunelab.models.resolve import resolve
     from tunelab.training.recipe import make_config
 

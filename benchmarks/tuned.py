@@ -80,7 +80,9 @@ def main() -> None:
     from tunelab import BasicModelRunner
     from tunelab.config import load_settings
     from tunelab.errors import ConfigError
-    from tunelab.export.gguf import base_gguf_for, export_gguf, export_gguf_over_base, export_merged
+    from tunelab.export.gguf import export_gguf
+    from tunelab.export.gguf_over_base import export_gguf_over_base
+    from tunelab.export.merged import base_gguf_for, export_merged
     from tunelab.models.resolve import resolve
     from tunelab.training.datasets import load_dataset
 

@@ -45,7 +45,7 @@ def hf_tokenizer():
     from transformers import AutoTokenizer
 
     from tunelab.config import load_settings
-    from tunelab.inference.backends.transformers_backend import dequantized_dir
+    from tunelab.models.gguf_cache import dequantized_dir
     from tunelab.models.resolve import resolve
 
     settings = load_settings()

@@ -7,17 +7,11 @@ import pytest
 
 from tests.remote_server import API_KEY, configure_chat_gpt, serve_smollm2
 from tunelab import BasicModelRunner, compare
-from tunelab.errors import PromptError
-from tunelab.evaluation.compare.run import (
-    Cell,
-    Comparison,
-    PromptFileError,
-    _flag_template_mismatch,
-    findings,
-    load_expected,
-    load_prompts,
-    summarize,
-)
+from tunelab.errors import PromptError, PromptFileError
+from tunelab.evaluation.compare.findings import findings, summarize
+from tunelab.evaluation.compare.prompts import load_expected, load_prompts
+from tunelab.evaluation.compare.run import _flag_template_mismatch
+from tunelab.evaluation.compare.schema import Cell, Comparison
 
 PROMPTS = ["Tell me how to train my dog to sit", "Who is the boss of Twitter?"]
 SCHEMA_FILE = Path(__file__).parent.parent / "docs" / "compare-schema.json"

@@ -1,6 +1,7 @@
 """Diagnostics on constructed answers: each flag is raised where a person would raise it, and only there."""
 
-from tunelab.evaluation.diagnostics import diagnose, token_f1
+from tunelab.evaluation.diagnostics import diagnose
+from tunelab.evaluation.scoring import token_f1
 
 DOG = "Tell me how to train my dog to sit"
 GOOD = (

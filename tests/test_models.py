@@ -1,5 +1,6 @@
 """Name resolution: the order, aliases, remote names, registry, and the errors when nothing matches."""
 
+import dataclasses
 import shutil
 
 import pytest
@@ -8,6 +9,7 @@ from tunelab import BasicModelRunner, LlamaV2Runner, LLMEngine
 from tunelab.config import load_settings
 from tunelab.errors import ModelFileError, ModelNotFoundError
 from tunelab.models.embedded import EMBEDDED, SMOLLM2, embedded_gguf_path, verify_sha256
+from tunelab.models.registry import Entry, ModelRecord, save_record
 from tunelab.models.resolve import resolve
 
 
@@ -58,7 +60,7 @@ def test_alias_is_followed_and_recorded(isolated_env, tiny_chat_dir):
     c = runner.generate("Hi")
     assert c.model == str(tiny_chat_dir)
     assert c.extra["alias_of"] == "meta-llama/Llama-2-7b-chat-hf"
-    assert runner.resolved.label.endswith("(alias of meta-llama/Llama-2-7b-chat-hf)")
+    assert runner.resolved.alias_of == "meta-llama/Llama-2-7b-chat-hf"
 
 
 def test_alias_loop_is_an_error(isolated_env):
@@ -103,6 +105,33 @@ def test_registry_id(tiny_chat_dir, tunelab_home):
     shutil.copytree(tiny_chat_dir, target, dirs_exist_ok=True)
     r = resolve("tiny-tuned-abc123", load_settings())
     assert r.source == "registry" and r.hf_path == str(target)
+
+
+def test_alias_to_a_tuned_lora_keeps_every_field_of_it(isolated_env, tmp_path, tunelab_home):
+    # A LoRA tuned from a GGUF, with its merged GGUF beside the adapter (llama.cpp's fast path).
+    entry = Entry(tunelab_home / "registry" / "tiny-lora-fast-1a2b")
+    entry.adapter_dir.mkdir(parents=True, exist_ok=True)
+    entry.fast_gguf.write_bytes(b"GGUF")
+    record = ModelRecord(
+        model_id=entry.name,
+        base_model=str(tmp_path / "base.gguf"),
+        method="lora",
+        template_name="chatml",
+        template_source="{{ prompt }}",
+        data_hash="0",
+        n_train=2,
+        n_eval=0,
+        hyperparameters={},
+    )
+    (tmp_path / "base.gguf").write_bytes(b"")
+    save_record(entry.path, record)
+    isolated_env.write_text(f"aliases:\n  my-bot: {entry.name}\n")
+    settings = load_settings()
+
+    direct, aliased = resolve(entry.name, settings), resolve("my-bot", settings)
+    assert direct.fast_gguf == entry.fast_gguf and direct.adapter_path == str(entry.adapter_dir)
+    assert aliased.fast_gguf == entry.fast_gguf  # was dropped: the alias lost llama.cpp's fast path
+    assert aliased == dataclasses.replace(direct, requested="my-bot", alias_of="my-bot")
 
 
 def test_unknown_name_lists_what_was_tried():

@@ -10,8 +10,9 @@ import subprocess
 import pytest
 from rich.console import Console
 
+from tunelab.evaluation.compare.findings import findings, summarize
 from tunelab.evaluation.compare.report import answers_table, print_report, render_html
-from tunelab.evaluation.compare.run import Cell, Comparison, findings, summarize
+from tunelab.evaluation.compare.schema import Cell, Comparison
 
 DOG = "Tell me how to train my dog to sit"
 LOOP = " on a chair?\n\nI'm not sure how to train my dog to sit on a chair.\n\n" * 3

@@ -15,11 +15,13 @@ import typer
 from sqlalchemy import Column, Integer, MetaData, Table, inspect, text
 from typer.testing import CliRunner
 
-import tunelab.store.db as store_module
+import tunelab.store.migrations as migrations_module
+import tunelab.store.schema as schema_module
 from tunelab.cli.keys import keys_app
 from tunelab.config import load_settings
 from tunelab.errors import ConfigError, KeyNotFoundError, StoreError
-from tunelab.store.db import Migration, Store, hash_secret
+from tunelab.store.db import Store, hash_secret
+from tunelab.store.migrations import Migration
 
 app = typer.Typer()
 app.add_typer(keys_app, name="keys")
@@ -143,24 +145,24 @@ def test_an_owned_object_cannot_be_taken_over(store):
 
 
 def test_a_new_database_is_at_the_latest_schema_and_matches_the_query_tables(store):
-    assert store.schema_version() == store_module.MIGRATIONS[-1].version
+    assert store.schema_version() == migrations_module.MIGRATIONS[-1].version
     with store._engine.connect() as conn:
         db = inspect(conn)
-        for table in store_module.metadata.tables.values():
+        for table in schema_module.metadata.tables.values():
             assert {c["name"] for c in db.get_columns(table.name)} == set(table.columns.keys()), table.name
 
 
 def test_reopening_runs_no_migration_again(db_url, monkeypatch):
     calls = []
-    first = store_module.MIGRATIONS[0]
+    first = migrations_module.MIGRATIONS[0]
     counted = Migration(first.version, first.name, lambda conn: (calls.append(1), first.apply(conn)))
-    monkeypatch.setattr(store_module, "MIGRATIONS", [counted, *store_module.MIGRATIONS[1:]])
+    monkeypatch.setattr(migrations_module, "MIGRATIONS", [counted, *migrations_module.MIGRATIONS[1:]])
     Store(db_url).close()
     with Store(db_url) as store:
-        assert calls == [1] and store.schema_version() == store_module.MIGRATIONS[-1].version
+        assert calls == [1] and store.schema_version() == migrations_module.MIGRATIONS[-1].version
         with store._engine.connect() as conn:
             assert conn.execute(text("SELECT count(*) FROM schema_migrations")).scalar() == len(
-                store_module.MIGRATIONS
+                migrations_module.MIGRATIONS
             )
 
 
@@ -170,13 +172,13 @@ def _add_notes(conn):
 
 
 def test_a_later_migration_upgrades_an_old_database_and_keeps_its_rows(db_url, monkeypatch):
-    monkeypatch.setattr(store_module, "MIGRATIONS", store_module.MIGRATIONS[:1])
+    monkeypatch.setattr(migrations_module, "MIGRATIONS", migrations_module.MIGRATIONS[:1])
     with Store(db_url) as old:
         key, secret = old.create_key("before-upgrade", owner="alice")
         old.set_owner("model", "ft-1", "alice")
         assert old.schema_version() == 1
     monkeypatch.setattr(
-        store_module, "MIGRATIONS", [*store_module.MIGRATIONS, Migration(2, "notes", _add_notes)]
+        migrations_module, "MIGRATIONS", [*migrations_module.MIGRATIONS, Migration(2, "notes", _add_notes)]
     )
     with Store(db_url) as new:
         assert new.schema_version() == 2
@@ -192,20 +194,20 @@ def test_a_failing_migration_leaves_the_database_as_it_was(db_url, monkeypatch):
         conn.execute(text("SELECT * FROM no_such_table"))
 
     monkeypatch.setattr(
-        store_module, "MIGRATIONS", [*store_module.MIGRATIONS, Migration(99, "broken", broken)]
+        migrations_module, "MIGRATIONS", [*migrations_module.MIGRATIONS, Migration(99, "broken", broken)]
     )
     with pytest.raises(StoreError, match=r"migration 99 \(broken\) failed.*left at the version before"):
         Store(db_url)
     monkeypatch.undo()
     with Store(db_url) as store:
-        assert store.schema_version() == store_module.MIGRATIONS[-1].version
+        assert store.schema_version() == migrations_module.MIGRATIONS[-1].version
         with store._engine.connect() as conn:
             assert not inspect(conn).has_table("half_done")  # the DDL was rolled back with the step
 
 
 def test_a_database_newer_than_this_tunelab_is_refused(db_url, monkeypatch):
     monkeypatch.setattr(
-        store_module, "MIGRATIONS", [*store_module.MIGRATIONS, Migration(99, "future", _add_notes)]
+        migrations_module, "MIGRATIONS", [*migrations_module.MIGRATIONS, Migration(99, "future", _add_notes)]
     )
     Store(db_url).close()
     monkeypatch.undo()

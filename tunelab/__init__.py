@@ -11,18 +11,21 @@
 from tunelab.errors import (
     BatchError,
     ConfigError,
+    DataError,
     GenerationOptionError,
     ModelFileError,
     ModelNotFoundError,
     PromptError,
     RemoteModelError,
     TunelabError,
+    TypedOutputError,
 )
-from tunelab.evaluation.compare.run import Comparison, compare
+from tunelab.evaluation.compare.run import compare
+from tunelab.evaluation.compare.schema import Comparison
 from tunelab.inference.options import Completion, GenerationOptions
-from tunelab.inference.typed import TypedOutputError
 from tunelab.runner import BasicModelRunner, LlamaV2Runner, LLMEngine
-from tunelab.training.data import DataError, DataReport, Example
+from tunelab.training.data import DataReport, Example
+from tunelab.training.datasets import load_dataset
 
 __all__ = [
     "BasicModelRunner",
@@ -44,5 +47,6 @@ __all__ = [
     "TunelabError",
     "TypedOutputError",
     "compare",
+    "load_dataset",
 ]
 __version__ = "0.1.0"

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tunelab.training.data import DataReport
+
 
 class TunelabError(Exception):
     """Base class of every error tunelab raises on purpose."""
@@ -45,3 +50,35 @@ class StoreError(TunelabError):
 
 class KeyNotFoundError(StoreError, LookupError):
     """No API key has this id or name; `tunelab keys list` shows the keys."""
+
+
+class DataError(TunelabError, ValueError):
+    """Training data that cannot be used; `report` lists every problem."""
+
+    def __init__(self, message: str, report: DataReport):
+        super().__init__(message)
+        self.report = report
+
+
+class PromptFileError(TunelabError, ValueError):
+    """A prompts or expected-answers file is empty or has a bad line; the message names file and line."""
+
+
+class TypedOutputError(TunelabError, ValueError):
+    """An output_type tunelab cannot use, or an answer that did not become a valid object."""
+
+
+class TrainingInterrupted(TunelabError):
+    """A run stopped before its last step; its checkpoints remain for `resume=True`."""
+
+
+class JobFailed(TunelabError):
+    """A server-side fine-tuning job ended as failed or cancelled."""
+
+
+class ModelNotServed(TunelabError):
+    """Unknown to this server, or owned by someone else (the two are not told apart: ids do not leak)."""
+
+
+class ContextExceeded(TunelabError):
+    """A request's prompt plus max_tokens does not fit the model's context (the server answers 400)."""

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import TYPE_CHECKING, Any, overload
 
 from tunelab.config import Settings, load_settings
-from tunelab.errors import BatchError, ConfigError, PromptError
-from tunelab.inference.engine import Engine, engine_for
+from tunelab.errors import BatchError, ConfigError, DataError, PromptError, TypedOutputError
+from tunelab.inference.engine import InferenceEngine, engine_for
 from tunelab.inference.options import Completion, GenerationOptions
-from tunelab.inference.typed import TypedOutputError, input_prompt, output_spec, prompt_with_instruction
+from tunelab.inference.typed import input_prompt, output_spec, prompt_with_instruction
 from tunelab.models.embedded import SMOLLM2
 from tunelab.models.resolve import ResolvedModel, resolve
-from tunelab.training.data import DataError, DataReport, Example, load_records
+from tunelab.training.data import DataReport, Example, load_records
 
 if TYPE_CHECKING:
     from tunelab.jobs.client import ServerTrainResult
@@ -80,7 +79,7 @@ class BasicModelRunner:
         return self._resolved
 
     @property
-    def engine(self) -> Engine:
+    def engine(self) -> InferenceEngine:
         return engine_for(self.settings)
 
     def load(self) -> BasicModelRunner:
@@ -234,9 +233,9 @@ class BasicModelRunner:
         True
 
         `method` is "lora" (default) or "full". Other settings (`lora_rank`, `micro_batch_size`,
-        `checkpoint_every`, ...) are the fields of `tunelab.training.recipe.TrainConfig`. The model is saved in
-        tunelab's registry under `result.model_id`; `resume=True` continues an interrupted run of the same
-        model, data and settings from its last checkpoint.
+        `checkpoint_every`, ...) are the fields of `tunelab.training.recipe.TrainConfig`. The model is
+        saved in tunelab's registry under `result.model_id`; `resume=True` continues an interrupted run
+        of the same model, data and settings from its last checkpoint.
 
         With a server URL configured (`production.url`, TUNELAB_URL), the data is uploaded and trained
         by a fine-tuning job on that server (`suffix=` names it), with a progress bar until it ends; the
@@ -249,19 +248,7 @@ class BasicModelRunner:
             raise DataError("no training data: add some with load_data(...) first", DataReport())
         if self.template != "auto":
             settings.setdefault("template", self.template)
-        if self.resolved.source == "server":
-            return self._train_on_server(
-                method=method,
-                epochs=epochs,
-                learning_rate=learning_rate,
-                batch_size=batch_size,
-                max_seq_len=max_seq_len,
-                eval_fraction=eval_fraction,
-                seed=seed,
-                progress=progress,
-                **settings,
-            )
-        config = make_config(
+        chosen = dict(
             method=method,
             epochs=epochs,
             learning_rate=learning_rate,
@@ -269,8 +256,10 @@ class BasicModelRunner:
             max_seq_len=max_seq_len,
             eval_fraction=eval_fraction,
             seed=seed,
-            **settings,
         )
+        if self.resolved.source == "server":
+            return self._train_on_server(progress=progress, **chosen, **settings)
+        config = make_config(**chosen, **settings)
         result = run_training(
             self.resolved,
             self.data,
@@ -326,8 +315,8 @@ class BasicModelRunner:
         With a server URL configured, the model is one a job on that server made, and both models
         answer on the server.
         """
-        from tunelab.evaluation.scoring import evaluate_models
-        from tunelab.models.registry import load_record, model_dir
+        from tunelab.evaluation.tuned_vs_base import evaluate_models
+        from tunelab.models.registry import entry
 
         if self.resolved.source == "server":
             report, base_name = self._evaluation_on_server(data, base_model)
@@ -335,21 +324,15 @@ class BasicModelRunner:
                 raise DataError(f"evaluation data rejected: {report.summary()}", report)
             base = BasicModelRunner(base_name, self.config, settings=self.settings)
             return evaluate_models(report.examples, self, base, max_new_tokens=max_new_tokens)
-        record = load_record(model_dir(self.settings, self.model_name))
+        tuned = entry(self.settings, self.model_name)
+        record = tuned.record()
         if record is None:
             raise ConfigError(
                 f"{self.model_name!r} is not a fine-tuned model in the registry; call train() first "
                 "or create the runner with a tuned model id"
             )
         if data is None:
-            heldout = model_dir(self.settings, self.model_name) / "heldout.jsonl"
-            report = load_records(heldout)
-            # each held-out example names where it came from in the training data, not this copy
-            origins = [
-                json.loads(line).get("source") for line in heldout.read_text(encoding="utf-8").splitlines()
-            ]
-            for example, origin in zip(report.examples, origins):
-                example.source = origin or example.source
+            report = tuned.read_heldout()
         else:
             report = load_records(data)
             if report.issues:

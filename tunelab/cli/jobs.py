@@ -12,26 +12,19 @@ from datetime import datetime
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Column, Table
 from rich.text import Text
 
+from tunelab.cli.output import console, fail
 from tunelab.config import load_settings
 from tunelab.errors import TunelabError
 
 jobs_app = typer.Typer(help="Fine-tuning jobs on a tunelab server.", no_args_is_help=True)
-console = Console()
-err = Console(stderr=True, soft_wrap=True)
 
 UrlOpt = Annotated[str | None, typer.Option("--url", help="The server [default: TUNELAB_URL or config]")]
 KeyOpt = Annotated[str | None, typer.Option("--key", help="API key [default: TUNELAB_API_KEY or config]")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the server's JSON.")]
-
-
-def _fail(exc: Exception) -> None:
-    err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
-    raise typer.Exit(1)
 
 
 def _client(url: str | None, key: str | None):
@@ -41,7 +34,7 @@ def _client(url: str | None, key: str | None):
     try:
         return client_for(load_settings(overrides))
     except TunelabError as exc:
-        _fail(exc)
+        fail(exc)
 
 
 def _call(what: str, fn, *args, **kwargs):
@@ -50,7 +43,7 @@ def _call(what: str, fn, *args, **kwargs):
     try:
         return sdk_call(what, fn, *args, **kwargs)
     except TunelabError as exc:
-        _fail(exc)
+        fail(exc)
 
 
 def _when(ts: int | None) -> str:
@@ -131,7 +124,7 @@ def wait(job_id: str, url: UrlOpt = None, key: KeyOpt = None):
     try:
         job = wait_for_job(_client(url, key), job_id)
     except TunelabError as exc:
-        _fail(exc)
+        fail(exc)
     if job.status != "succeeded":
-        _fail(TunelabError(f"{job.id} {job.status}: {job.error.message if job.error else 'no reason given'}"))
+        fail(TunelabError(f"{job.id} {job.status}: {job.error.message if job.error else 'no reason given'}"))
     print(job.fine_tuned_model)

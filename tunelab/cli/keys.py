@@ -7,17 +7,15 @@ from contextlib import contextmanager
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from tunelab.cli.output import console, err, fail
 from tunelab.config import load_settings
 from tunelab.errors import TunelabError
 from tunelab.store.db import Store
 
 keys_app = typer.Typer(help="API keys for `tunelab serve`.", no_args_is_help=True)
-console = Console()
-err = Console(stderr=True, soft_wrap=True)  # paths and URLs in errors must stay copyable
 
 DbUrlOpt = Annotated[
     str | None,
@@ -29,17 +27,12 @@ DbUrlOpt = Annotated[
 ]
 
 
-def _fail(exc: Exception) -> None:
-    err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
-    raise typer.Exit(1)
-
-
 @contextmanager
 def _store(db_url: str | None) -> Iterator[Store]:
     try:
         store = Store.open(load_settings(), db_url)
     except TunelabError as exc:
-        _fail(exc)
+        fail(exc)
     try:
         yield store
     finally:
@@ -62,7 +55,7 @@ def create(
         try:
             key, secret = store.create_key(name, owner)
         except TunelabError as exc:
-            _fail(exc)
+            fail(exc)
     # the secret alone on stdout, so `KEY=$(tunelab keys create --name ci)` works; the rest on stderr
     err.print(f"created {key.id} (name {key.name!r}, owner {key.owner!r})", highlight=False, markup=False)
     typer.echo(secret)
@@ -109,5 +102,5 @@ def revoke(
         try:
             key = store.revoke_key(id_or_name)
         except TunelabError as exc:
-            _fail(exc)
+            fail(exc)
     console.print(f"revoked {key.id} (name {key.name!r}, owner {key.owner!r})", highlight=False, markup=False)

@@ -10,12 +10,12 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from tunelab.cli.jobs import jobs_app
 from tunelab.cli.keys import keys_app
-from tunelab.errors import ConfigError, TunelabError
+from tunelab.cli.output import console, err, fail
+from tunelab.errors import TunelabError
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, help="Run, compare, fine-tune and serve LLMs locally."
@@ -24,8 +24,6 @@ config_app = typer.Typer(help="Where tunelab's configuration lives and what it h
 app.add_typer(config_app, name="config")
 app.add_typer(keys_app, name="keys")
 app.add_typer(jobs_app, name="jobs")
-console = Console()
-err = Console(stderr=True, soft_wrap=True)  # paths in errors must stay copyable
 
 TemplateOpt = Annotated[
     str, typer.Option("--template", "-t", help="auto | raw | llama2 | chatml | a Jinja string")
@@ -40,11 +38,6 @@ BackendOpt = Annotated[
 DeviceOpt = Annotated[
     str | None, typer.Option("--device", help="auto | cuda | mps | cpu [default: from config, auto]")
 ]
-
-
-def _fail(exc: Exception) -> None:
-    err.print(f"[bold red]error:[/] {exc}", highlight=False)
-    raise typer.Exit(1)
 
 
 @app.callback()
@@ -88,7 +81,7 @@ def ask(
         try:
             typed = json.loads(source.read_text(encoding="utf-8") if source else output_type)
         except (OSError, json.JSONDecodeError) as exc:
-            _fail(ValueError(f"--output-type {output_type!r}: not readable JSON ({exc})"))
+            fail(ValueError(f"--output-type {output_type!r}: not readable JSON ({exc})"))
     try:
         runner = BasicModelRunner(
             model, template=template, system_prompt=system, backend=backend, device=device
@@ -105,7 +98,7 @@ def ask(
             output_type=typed,
         )
     except (TunelabError, ValueError) as exc:  # GenerationOptionError is a ValueError too
-        _fail(exc)
+        fail(exc)
     if as_json:
         print(json.dumps([asdict(c) for c in completions], indent=2))
         return
@@ -144,7 +137,7 @@ def models():
     try:
         rows = list_models(load_settings())
     except TunelabError as exc:
-        _fail(exc)
+        fail(exc)
     table = Table(title="tunelab models")
     for column in ("name", "kind", "source", "where", "status"):
         table.add_column(column, overflow="fold")
@@ -183,9 +176,9 @@ def compare(
     html_path: Annotated[Path | None, typer.Option("--html", help="Write the HTML report here.")] = None,
 ):
     """The same prompts to every MODEL and template, side by side, with diagnostics and findings."""
+    from tunelab.evaluation.compare.prompts import load_expected, load_prompts
     from tunelab.evaluation.compare.report import print_report
     from tunelab.evaluation.compare.run import compare as run_compare
-    from tunelab.evaluation.compare.run import load_expected, load_prompts
 
     try:
         if bool(prompts_file) == bool(prompt):
@@ -211,7 +204,7 @@ def compare(
             seed=seed,
         )
     except (TunelabError, ValueError) as exc:
-        _fail(exc)
+        fail(exc)
     print_report(result, console)
     for path, save in ((json_path, result.save_json), (html_path, result.save_html)):
         if path:
@@ -274,7 +267,7 @@ def serve(
             job_workers=job_workers,
         )
     except TunelabError as exc:
-        _fail(exc)
+        fail(exc)
     if no_auth:
         err.print(
             f"[bold red]WARNING: authentication is OFF (--no-auth): anyone who can reach {host}:{port} "
@@ -304,7 +297,7 @@ def demo(
         if tune:
             run_tuning(console, backend=backend, out_dir=out)
     except TunelabError as exc:
-        _fail(exc)
+        fail(exc)
 
 
 def _training_records(data: str, split: str):
@@ -347,13 +340,14 @@ def train(
 
     Runs under `accelerate launch` too (DDP over GPUs or CPU processes).
     """
+    from tunelab.jobs.client import ServerTrainResult
     from tunelab.runner import BasicModelRunner
 
     extra = {}
     for item in setting or []:
         key, sep, value = item.partition("=")
         if not sep:
-            _fail(ValueError(f"--set {item!r}: expected key=value"))
+            fail(ValueError(f"--set {item!r}: expected key=value"))
         try:  # numbers, true/false and ["lists"] as JSON reads them; anything else is a string
             extra[key.strip()] = json.loads(value)
         except json.JSONDecodeError:
@@ -372,7 +366,7 @@ def train(
         )
         result = runner.train(resume=resume, **(options | extra))  # --set wins
     except (TunelabError, ValueError) as exc:
-        _fail(exc)
+        fail(exc)
     from accelerate import PartialState
 
     if not PartialState().is_main_process:
@@ -380,7 +374,7 @@ def train(
     if as_json:
         print(json.dumps(asdict(result), indent=2, default=str))
         return
-    if not hasattr(result, "seconds"):  # trained by a job on the configured server
+    if isinstance(result, ServerTrainResult):  # trained by a job on the configured server
         err.print(f"[green]tuned[/] by job {result.job_id}: {result.steps} steps", highlight=False)
         print(result.model_id)
         return
@@ -412,7 +406,7 @@ def evaluate(
             _training_records(data, "heldout") if data else None, max_new_tokens=max_new_tokens
         )
     except (TunelabError, ValueError) as exc:
-        _fail(exc)
+        fail(exc)
     if as_json:
         print(json.dumps(out, indent=2, ensure_ascii=False))
         return
@@ -451,7 +445,8 @@ def export(
 ):
     """Merge a fine-tune into a standalone model (same greedy output as base + adapter); optionally GGUF."""
     from tunelab.config import load_settings
-    from tunelab.export.gguf import base_gguf_for, export_gguf, export_gguf_over_base, export_merged
+    from tunelab.export.gguf_over_base import export_tuned_gguf
+    from tunelab.export.merged import export_merged
 
     try:
         settings = load_settings()
@@ -459,17 +454,9 @@ def export(
         print(out)
         if gguf:
             target = out.parent / f"{out.name}.gguf"
-            base_gguf = base_gguf_for(model_id, settings)
-            try:
-                written = export_gguf(out, target, base_gguf=base_gguf, overwrite=overwrite)
-            except ConfigError as whole_model_refused:  # not a Llama: a LoRA on a GGUF still can be written
-                try:
-                    written = export_gguf_over_base(model_id, target, settings, overwrite=overwrite)
-                except ConfigError:
-                    raise whole_model_refused from None
-            print(written)
+            print(export_tuned_gguf(model_id, out, target, settings, overwrite=overwrite))
     except (TunelabError, ValueError) as exc:
-        _fail(exc)
+        fail(exc)
 
 
 @config_app.command("path")
@@ -492,7 +479,7 @@ def config_show():
     try:
         settings = load_settings()
     except TunelabError as exc:
-        _fail(exc)
+        fail(exc)
     data = settings.model_dump(mode="json")
     if data.get("production_key"):
         data["production_key"] = "***"

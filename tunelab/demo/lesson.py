@@ -2,7 +2,7 @@
 
 A base model (gemma-3-270m, standing in for Llama-2-7b-hf) and a chat model (smollm2-135m-instruct,
 standing in for Llama-2-7b-chat-hf) get the lesson's four prompts, raw, with `[INST]` tags, and through
-the chat model's own template; `tunelab.evaluation.compare.run` diagnoses every answer and writes the findings, in the
+the chat model's own template; `tunelab.compare` diagnoses every answer and writes the findings, in the
 terminal and as an HTML report. A hosted model ("chat-gpt") joins when one is configured. Part 2 fine-tunes
 the chat model on facts it cannot know and compares it with itself before.
 """
@@ -15,24 +15,12 @@ from rich.console import Console
 from rich.panel import Panel
 
 from tunelab.errors import ModelNotFoundError
+from tunelab.evaluation.compare.lesson_prompts import LESSON_EXPECTED, LESSON_PROMPTS
 from tunelab.evaluation.compare.report import answers_table, print_report
-from tunelab.evaluation.compare.run import Comparison, compare
+from tunelab.evaluation.compare.run import compare
+from tunelab.evaluation.compare.schema import Comparison
 from tunelab.runner import BasicModelRunner
 
-LESSON_PROMPTS = [
-    "Tell me how to train my dog to sit",
-    "What do you think of Mars?",
-    "Who is the boss of Twitter?",
-    """Agent: I'm here to help you with your Amazon deliver order.
-Customer: I didn't get my item
-Agent: I'm sorry to hear that. Which item was it?
-Customer: the blanket
-Agent:""",
-]
-
-
-# The only lesson prompt with a checkable answer: Twitter (now X) has been Elon Musk's since Oct 2022.
-LESSON_EXPECTED = [None, None, "Elon Musk", None]
 BASE_MODEL, CHAT_MODEL, HOSTED_MODEL = "gemma-3-270m", "smollm2-135m-instruct", "chat-gpt"
 # The base model's own template is raw; the chat model's is its ChatML ("auto").
 LESSON_TEMPLATES = {

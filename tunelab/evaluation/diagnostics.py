@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from tunelab.evaluation.scoring import normalise, score
+from tunelab.evaluation.scoring import score, token_f1
 
 ECHO_THRESHOLD = 0.5
 NOVELTY_THRESHOLD = 0.5
@@ -163,15 +163,3 @@ def diagnose(
         if not scores["contained"]:
             result.flags.append("incorrect")
     return result
-
-
-def token_f1(answer: str, expected: str) -> float:
-    """SQuAD's token F1 between the normalised answer and expected answer."""
-    got, want = normalise(answer).split(), normalise(expected).split()
-    if not got or not want:
-        return 0.0
-    common = sum(min(got.count(w), want.count(w)) for w in set(want))
-    if common == 0:
-        return 0.0
-    precision, recall = common / len(got), common / len(want)
-    return 2 * precision * recall / (precision + recall)

@@ -1,22 +1,16 @@
-"""Did the fine-tune work? The tuned and the base model answer held-out questions side by side, scored.
+"""How an answer is scored against an expected answer: normalised exact match, containment, token F1.
 
-The result has Lamini's shape, so the course's loop runs unchanged::
+Answers are normalised as SQuAD does (case, punctuation, articles, spaces) before any comparison.
+The held-out evaluation, compare's `incorrect` flag and the benchmarks all score through here.
 
-    out = runner.evaluate()
-    for row in out["eval_results"]:
-        row["input"], row["outputs"][0]["output"], row["outputs"][1]["output"]   # tuned, base
-
-tunelab adds, beside those keys: each row's ``expected`` answer and ``scores`` (per model: ``exact`` and
-``contained``, both after normalising case, punctuation, articles and spaces), and ``totals`` per model.
+>>> score("It is Elon Musk.", "Elon Musk")
+{'exact': 0.0, 'contained': 1.0}
 """
 
 from __future__ import annotations
 
 import re
 import string
-from typing import Any
-
-from tunelab.training.data import Example
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCT = str.maketrans("", "", string.punctuation)
@@ -33,49 +27,13 @@ def score(output: str, expected: str) -> dict[str, float]:
     return {"exact": float(got == want), "contained": float(bool(want) and want in got)}
 
 
-def evaluate_models(
-    examples: list[Example],
-    tuned,  # a BasicModelRunner on the tuned model
-    base,  # a BasicModelRunner on its base (or any model to compare with)
-    *,
-    max_new_tokens: int = 64,
-) -> dict[str, Any]:
-    """Answer every example's question with both runners (one batch each) and score the answers."""
-    prompts = [example.prompt for example in examples]
-    runs = [(tuned.model_name, tuned.generate(prompts, max_new_tokens=max_new_tokens))]
-    runs.append((base.model_name, base.generate(prompts, max_new_tokens=max_new_tokens)))
-    rows = []
-    for i, example in enumerate(examples):
-        expected = example.expected or example.answer
-        outputs, scores = [], {}
-        for name, completions in runs:
-            text = completions[i].text
-            outputs.append(
-                {"model_name": name, "output": text, "finish_reason": completions[i].finish_reason}
-            )
-            scores[name] = score(text, expected)
-        rows.append(
-            {
-                "input": example.prompt,
-                "outputs": outputs,
-                "expected": expected,
-                "scores": scores,
-                "source": example.source,
-            }
-        )
-    n = max(len(rows), 1)
-    totals = {
-        name: {
-            "exact": sum(r["scores"][name]["exact"] for r in rows) / n,
-            "contained": sum(r["scores"][name]["contained"] for r in rows) / n,
-            "stopped": sum(c.finish_reason == "stop" for c in completions) / n,  # ended, not cut
-        }
-        for name, completions in runs
-    }
-    return {
-        "job_id": tuned.model_name,
-        "eval_results": rows,
-        "totals": totals,
-        "models": {"tuned": tuned.model_name, "base": base.model_name},
-        "n": len(rows),
-    }
+def token_f1(answer: str, expected: str) -> float:
+    """SQuAD's token F1 between the normalised answer and expected answer."""
+    got, want = normalise(answer).split(), normalise(expected).split()
+    if not got or not want:
+        return 0.0
+    common = sum(min(got.count(w), want.count(w)) for w in set(want))
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(got), common / len(want)
+    return 2 * precision * recall / (precision + recall)

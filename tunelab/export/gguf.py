@@ -1,242 +1,32 @@
-"""Export a fine-tuned model out of tunelab: merged Hugging Face weights, and a GGUF for llama.cpp.
+"""A Llama-architecture Hugging Face model (an `export_merged` directory) as a GGUF that llama.cpp runs.
 
-    export_merged(model_id, out_dir, settings) -> out_dir
-        the base's weights (float32; a GGUF base is dequantized) + the LoRA adapter, merged
-        (a full fine-tune is re-saved), as safetensors with the tokenizer; the training template
-        becomes the tokenizer's chat template, and ``tunelab.json`` is copied in as provenance.
     export_gguf(hf_dir, out_path, base_gguf=...) -> out_path
-        a Llama-architecture HF directory as a GGUF that llama.cpp runs: F16 matrices, F32 norms.
-        With ``base_gguf`` (the tuned model's base was a GGUF), the tokenizer metadata is copied from
-        it byte for byte, so the export tokenizes exactly as the original file.
-    export_gguf_over_base(model_id, out_path, settings) -> out_path
-        a LoRA tuned from a GGUF, written as that GGUF with the merged weights in F16 (or Q8_0) and
-        every other tensor and key of the base kept: any architecture llama.cpp runs (Gemma 3 too).
-        Training writes one into the registry entry, which `backend="auto"` runs.
+        F16 matrices, F32 norms. With ``base_gguf`` (the tuned model's base was a GGUF), the tokenizer
+        metadata is copied from it byte for byte, so the export tokenizes exactly as the original file.
 
->>> from tunelab.config import load_settings
->>> settings = load_settings()
->>> tuned = "smollm2-135m-instruct-tuned-1234abcd"
->>> merged = export_merged(tuned, Path("out/merged"), settings)  # doctest: +SKIP
->>> export_gguf(merged, Path("out/model.gguf"), base_gguf=base_gguf_for(tuned, settings))  # doctest: +SKIP
+Other architectures: `export_gguf_over_base` (a LoRA on a GGUF base), or llama.cpp's converter.
 
-Both write into a temporary sibling and rename it into place, so an interrupted export never leaves
-a half-written model under the name asked for.
+>>> base = base_gguf_for(tuned, settings)  # doctest: +SKIP
+>>> export_gguf(Path("out/merged"), Path("out/model.gguf"), base_gguf=base)  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
-from tunelab.config import Settings
-from tunelab.errors import ConfigError, ModelNotFoundError
-from tunelab.inference.templates import BUILTIN_TEMPLATES, builtin
-from tunelab.models.registry import ModelRecord, list_records, load_record, model_dir, save_record
+from tunelab.errors import ConfigError
+from tunelab.export.atomic import atomic_write
+from tunelab.export.merged import check_target
 
 log = logging.getLogger("tunelab")
 
 SUPPORTED_GGUF_ARCHITECTURES = ("LlamaForCausalLM",)
-
-# -- the training template as a chat template -------------------------------------------------------
-
-# Messages-based equivalents of tunelab's built-in prompt templates: for a system message and one user
-# turn with add_generation_prompt they render exactly what the built-in renders (tested), and they go on
-# to later turns the way the family does, each answer closed as training closed it.
-_MESSAGES_TEMPLATES = {
-    "raw": (
-        "{% for message in messages %}{% if message['role'] == 'user' %}{{ message['content'] }}"
-        "{% elif message['role'] == 'assistant' %}{{ message['content'] }}{{ eos_token }}{% endif %}"
-        "{% endfor %}"
-    ),
-    "llama2": (
-        "{% if messages and messages[0]['role'] == 'system' %}{% set system = messages[0]['content'] %}"
-        "{% set turns = messages[1:] %}{% else %}{% set system = '' %}{% set turns = messages %}{% endif %}"
-        "{% for message in turns %}{% if message['role'] == 'user' %}"
-        "{% if loop.first and system %}{{ '[INST] <<SYS>>\\n' + system + '\\n<</SYS>>\\n\\n' }}"
-        "{{ message['content'] + ' [/INST]' }}{% else %}{{ '[INST] ' + message['content'] + ' [/INST]' }}"
-        "{% endif %}{% elif message['role'] == 'assistant' %}"
-        "{{ ' ' + message['content'].lstrip() + eos_token }}{% endif %}{% endfor %}"
-    ),
-    "chatml": (
-        "{% for message in messages %}"
-        "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}{% endfor %}"
-        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
-    ),
-}
-
-# A user's own prompt-style Jinja (written for `prompt` and `system`) is kept as it is, fed from the
-# last user message: it only ever described one turn, and this renders that turn exactly.
-_PROMPT_STYLE_PREFIX = (
-    "{% set system = messages[0]['content'] if messages and messages[0]['role'] == 'system' else '' %}"
-    "{% set prompt = (messages | selectattr('role', 'equalto', 'user') | list | last)['content'] %}"
-)
-
-
-def chat_template_for(template_name: str, template_source: str) -> str:
-    """The messages-based Jinja chat template that renders prompts as training did.
-
-    A chat template (it reads ``messages``) is returned unchanged; tunelab's built-in prompt templates
-    (``raw``, ``llama2``, ``chatml``) get their messages-based equivalent, and any other prompt-style
-    Jinja is wrapped so that ``prompt``/``system`` come from the messages.
-
-    >>> chat_template_for("llama2", builtin("llama2").source).startswith("{% if messages")
-    True
-    """
-    if "messages" in template_source:
-        return template_source
-    if template_name in BUILTIN_TEMPLATES and template_source == builtin(template_name).source:
-        return _MESSAGES_TEMPLATES[template_name]
-    return _PROMPT_STYLE_PREFIX + template_source
-
-
-# -- merged Hugging Face weights ------------------------------------------------------------------
-
-
-def _tuned_record(model_id: str, settings: Settings) -> ModelRecord:
-    """The registry record of `model_id`, or an error saying what the name is instead."""
-    from tunelab.models.resolve import resolve
-
-    # Only a bare name is a registry id: a path (an earlier export holds a tunelab.json too) is not.
-    is_id = model_id not in ("", ".", "..") and Path(model_id).name == model_id
-    record = load_record(model_dir(settings, model_id)) if is_id else None
-    if record is not None:
-        return record
-    tuned = ", ".join(r.model_id for r in list_records(settings)) or "none yet"
-    try:
-        resolved = resolve(model_id, settings)
-    except ModelNotFoundError as exc:
-        raise ModelNotFoundError(
-            f"no fine-tuned model {model_id!r} to export ({exc}). Fine-tuned models here: {tuned}"
-        ) from None
-    raise ConfigError(
-        f"{model_id!r} is not a fine-tuned model (it resolves to {resolved.name!r} from {resolved.source}, "
-        f"with no tunelab.json in the registry), so there is nothing to merge: use it as it is. "
-        f"Fine-tuned models here: {tuned}"
-    )
-
-
-def _check_target(target: Path, overwrite: bool, protected: list[Path], what: str) -> None:
-    """Refuse an output that exists (unless `overwrite`) or that would swallow the model's own files."""
-    resolved = target.resolve()
-    for keep in protected:
-        keep = keep.resolve()
-        if resolved == keep or resolved in keep.parents:
-            raise ConfigError(f"{target} holds {keep}, which the export reads; choose another output path")
-    if not target.exists():
-        return
-    if what == "directory" and not target.is_dir():
-        raise ConfigError(f"{target} exists and is a file; give a directory path for the merged model")
-    if what == "file" and target.is_dir():
-        raise ConfigError(f"{target} is a directory; give a file path for the GGUF ({target}/model.gguf)")
-    empty_dir = target.is_dir() and not any(target.iterdir())
-    if not empty_dir and not overwrite:
-        raise ConfigError(
-            f"{target} already exists and is not empty; choose another path, or pass overwrite=True "
-            "(`--overwrite`) to replace it"
-        )
-
-
-def _tmp_sibling(target: Path, tag: str) -> Path:
-    # In the same directory as the target, so the final rename never crosses a file system.
-    return target.with_name(f".{target.name}.{tag}-{os.getpid()}")
-
-
-def _move_into_place(tmp: Path, target: Path) -> None:
-    """Rename `tmp` to `target`; an old `target` is moved aside first and deleted only afterwards."""
-    old = None
-    if target.exists():
-        old = _tmp_sibling(target, "old")
-        shutil.rmtree(old, ignore_errors=True)
-        target.rename(old)
-    tmp.rename(target)
-    if old is not None:
-        if old.is_dir():
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            old.unlink(missing_ok=True)
-
-
-def base_gguf_for(model_id: str, settings: Settings) -> Path | None:
-    """The GGUF file a fine-tuned model's base came from (its tokenizer is the one to copy), or None.
-
-    For a LoRA this is the resolved model's `gguf_path`; a full fine-tune's registry entry holds HF
-    weights, so its record's `base_model` is resolved instead.
-    """
-    from tunelab.models.resolve import resolve
-
-    record = _tuned_record(model_id, settings)
-    try:
-        return resolve(record.base_model, settings).gguf_path
-    except ModelNotFoundError:
-        return None
-
-
-def export_merged(model_id: str, out_dir: Path, settings: Settings, *, overwrite: bool = False) -> Path:
-    """Write fine-tuned `model_id` as one standalone Hugging Face model directory; return `out_dir`.
-
-    A LoRA is merged into its base (loaded in float32, a GGUF base from its dequantized copy) with
-    peft's `merge_and_unload()`; a full fine-tune is re-saved. The directory holds safetensors weights,
-    the tokenizer with the training template as its chat template (so "auto" answers as the registry
-    model did), and the registry's ``tunelab.json`` as provenance. Any transformers-based tool loads it;
-    `export_gguf` turns it into a GGUF.
-
-    >>> export_merged("tiny-chat-tuned-1a2b3c4d", Path("merged"), load_settings())  # doctest: +SKIP
-    PosixPath('merged')
-    """
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from tunelab.inference.backends.transformers_backend import dequantized_dir
-    from tunelab.models.resolve import resolve
-
-    record = _tuned_record(model_id, settings)
-    source = model_dir(settings, model_id)
-    out_dir = Path(out_dir).expanduser()
-    resolved = resolve(model_id, settings)
-    protected = [source, settings.home]
-    if resolved.hf_path and Path(resolved.hf_path).exists():
-        protected.append(Path(resolved.hf_path))
-    _check_target(out_dir, overwrite, protected, "directory")
-
-    tokenizer = AutoTokenizer.from_pretrained(source)
-    if record.adapter:
-        from peft import PeftModel
-
-        if resolved.gguf_path is not None:
-            base_path = str(dequantized_dir(resolved.gguf_path, settings.home))
-        else:
-            base_path = resolved.hf_path
-        # float32: the precision LoRA was trained against; merging in bf16 would round the small deltas.
-        model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
-        model = PeftModel.from_pretrained(model, resolved.adapter_path).merge_and_unload()
-    else:
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
-    model.config.use_cache = True  # training turns the KV cache off; inference wants it back
-    tokenizer.chat_template = chat_template_for(record.template_name, record.template_source)
-
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_sibling(out_dir, "tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        # A merged model is a full model: its record says so, so it loads from a registry as one.
-        save_record(tmp, record.model_copy(update={"method": "full", "merged_from": model_id}))
-        _move_into_place(tmp, out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    log.info("exported %s (%s) merged to %s", model_id, record.method, out_dir)
-    return out_dir
-
-
-# -- GGUF ------------------------------------------------------------------------------------------
 
 _LAYER_TENSORS = {
     "input_layernorm": "attn_norm",
@@ -451,6 +241,48 @@ def _gguf_tensors(hf_dir: Path, cfg: dict[str, Any]) -> Iterator[tuple[str, str,
                     raise _unsupported(hf_dir, f"tensor {name} has no place in llama.cpp's llama layout")
 
 
+def _add_llama_hparams(writer, cfg: dict[str, Any], f16: bool) -> None:
+    import gguf
+
+    n_head = cfg["num_attention_heads"]
+    head_dim = cfg.get("head_dim") or cfg["hidden_size"] // n_head
+    rope = cfg.get("rope_parameters") or {}
+    writer.add_context_length(cfg["max_position_embeddings"])
+    writer.add_embedding_length(cfg["hidden_size"])
+    writer.add_block_count(cfg["num_hidden_layers"])
+    writer.add_feed_forward_length(cfg["intermediate_size"])
+    writer.add_head_count(n_head)
+    writer.add_head_count_kv(cfg.get("num_key_value_heads") or n_head)
+    writer.add_key_length(head_dim)
+    writer.add_value_length(head_dim)
+    writer.add_rope_dimension_count(head_dim)
+    writer.add_rope_freq_base(float(rope.get("rope_theta", cfg.get("rope_theta", 10000.0))))
+    writer.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
+    writer.add_vocab_size(cfg["vocab_size"])
+    writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if f16 else gguf.LlamaFileType.ALL_F32)
+
+
+def _converted(hf_name: str, file: Path, cfg: dict[str, Any], f16: bool) -> np.ndarray:
+    """One HF tensor as llama.cpp wants it: Q/K rows in its RoPE layout, in the file's type."""
+    import torch
+    from safetensors import safe_open
+
+    with safe_open(str(file), framework="pt") as f:
+        data = f.get_tensor(hf_name).to(torch.float32).numpy()
+    n_head = cfg["num_attention_heads"]
+    if hf_name.endswith("self_attn.q_proj.weight"):
+        data = _permute(data, n_head)
+    elif hf_name.endswith("self_attn.k_proj.weight"):
+        data = _permute(data, cfg.get("num_key_value_heads") or n_head)
+    # llama.cpp's own converter keeps 1-D tensors (norms) in F32: they are tiny, and F16 norms
+    # would round every activation they scale.
+    dtype = np.float16 if f16 and data.ndim > 1 else np.float32
+    out = np.ascontiguousarray(data.astype(dtype))
+    if dtype == np.float16 and not np.isfinite(out).all():
+        raise ConfigError(f"{hf_name} has values beyond F16's range; export with outtype='f32'")
+    return out
+
+
 def export_gguf(
     hf_dir: Path,
     out_path: Path,
@@ -480,7 +312,6 @@ def export_gguf(
     PosixPath('model.gguf')
     """
     import gguf
-    import torch
     from safetensors import safe_open
 
     hf_dir, out_path = Path(hf_dir).expanduser(), Path(out_path).expanduser()
@@ -488,242 +319,40 @@ def export_gguf(
         raise ConfigError(f"outtype must be 'f16' or 'f32', got {outtype!r}")
     cfg = _llama_config(hf_dir)
     protected = [hf_dir] + ([Path(base_gguf)] if base_gguf else [])
-    _check_target(out_path, overwrite, protected, "file")
+    check_target(out_path, overwrite, protected, "file")
     if base_gguf is not None and not Path(base_gguf).is_file():
         raise ConfigError(f"base_gguf {base_gguf} is not a file")
 
-    n_head = cfg["num_attention_heads"]
-    n_head_kv = cfg.get("num_key_value_heads") or n_head
-    head_dim = cfg.get("head_dim") or cfg["hidden_size"] // n_head
-    rope = cfg.get("rope_parameters") or {}
-    rope_theta = rope.get("rope_theta", cfg.get("rope_theta", 10000.0))
     chat_template = _chat_template_of(hf_dir)
     f16 = outtype == "f16"
     tensors = list(_gguf_tensors(hf_dir, cfg))
     if cfg.get("tie_word_embeddings") is False and "output.weight" not in {t[0] for t in tensors}:
         raise ConfigError(f"{hf_dir}: the embeddings are not tied but there is no lm_head.weight")
 
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_sibling(out_path, "tmp")
-    writer = gguf.GGUFWriter(str(tmp), "llama")
-    try:
-        writer.add_name(out_path.stem)
-        writer.add_context_length(cfg["max_position_embeddings"])
-        writer.add_embedding_length(cfg["hidden_size"])
-        writer.add_block_count(cfg["num_hidden_layers"])
-        writer.add_feed_forward_length(cfg["intermediate_size"])
-        writer.add_head_count(n_head)
-        writer.add_head_count_kv(n_head_kv)
-        writer.add_key_length(head_dim)
-        writer.add_value_length(head_dim)
-        writer.add_rope_dimension_count(head_dim)
-        writer.add_rope_freq_base(float(rope_theta))
-        writer.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
-        writer.add_vocab_size(cfg["vocab_size"])
-        writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if f16 else gguf.LlamaFileType.ALL_F32)
-        if base_gguf is not None:
-            _tokenizer_from_gguf(writer, Path(base_gguf), cfg["vocab_size"], chat_template, add_bos)
-        else:
-            _tokenizer_from_json(writer, hf_dir, cfg["vocab_size"], chat_template, add_bos)
+    with atomic_write(out_path) as tmp:
+        writer = gguf.GGUFWriter(str(tmp), "llama")
+        try:
+            writer.add_name(out_path.stem)
+            _add_llama_hparams(writer, cfg, f16)
+            if base_gguf is not None:
+                _tokenizer_from_gguf(writer, Path(base_gguf), cfg["vocab_size"], chat_template, add_bos)
+            else:
+                _tokenizer_from_json(writer, hf_dir, cfg["vocab_size"], chat_template, add_bos)
 
-        def converted(hf_name: str, file: Path) -> np.ndarray:
-            with safe_open(str(file), framework="pt") as f:
-                data = f.get_tensor(hf_name).to(torch.float32).numpy()
-            if hf_name.endswith("self_attn.q_proj.weight"):
-                data = _permute(data, n_head)
-            elif hf_name.endswith("self_attn.k_proj.weight"):
-                data = _permute(data, n_head_kv)
-            # llama.cpp's own converter keeps 1-D tensors (norms) in F32: they are tiny, and F16 norms
-            # would round every activation they scale.
-            dtype = np.float16 if f16 and data.ndim > 1 else np.float32
-            out = np.ascontiguousarray(data.astype(dtype))
-            if dtype == np.float16 and not np.isfinite(out).all():
-                raise ConfigError(f"{hf_name} has values beyond F16's range; export with outtype='f32'")
-            return out
-
-        # Two passes, so only one tensor is in memory at a time: shapes first (the header needs them,
-        # read from the safetensors index without loading), then each tensor's data.
-        for gguf_name, hf_name, file in tensors:
-            with safe_open(str(file), framework="pt") as f:
-                shape = tuple(f.get_slice(hf_name).get_shape())
-            dtype = np.dtype(np.float16 if f16 and len(shape) > 1 else np.float32)
-            writer.add_tensor_info(gguf_name, shape, dtype, int(np.prod(shape)) * dtype.itemsize)
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_ti_data_to_file()
-        for _, hf_name, file in tensors:
-            writer.write_tensor_data(converted(hf_name, file))
-        writer.close()
-        _move_into_place(tmp, out_path)
-    finally:
-        writer.close()
-        tmp.unlink(missing_ok=True)
+            # Two passes, so only one tensor is in memory at a time: shapes first (the header needs them,
+            # read from the safetensors index without loading), then each tensor's data.
+            for gguf_name, hf_name, file in tensors:
+                with safe_open(str(file), framework="pt") as f:
+                    shape = tuple(f.get_slice(hf_name).get_shape())
+                dtype = np.dtype(np.float16 if f16 and len(shape) > 1 else np.float32)
+                writer.add_tensor_info(gguf_name, shape, dtype, int(np.prod(shape)) * dtype.itemsize)
+            writer.write_header_to_file()
+            writer.write_kv_data_to_file()
+            writer.write_ti_data_to_file()
+            for _, hf_name, file in tensors:
+                writer.write_tensor_data(_converted(hf_name, file, cfg, f16))
+            writer.close()
+        finally:
+            writer.close()
     log.info("wrote %s (%s, %d tensors)", out_path, outtype, len(tensors))
-    return out_path
-
-
-# -- a LoRA merged into its GGUF base --------------------------------------------------------------
-
-_OVER_BASE_TYPES = ("f16", "q8_0")
-
-
-def _arch_of(reader) -> str:
-    field = reader.fields.get("general.architecture")
-    if field is None:
-        raise ConfigError(f"{reader.data.filename}: no general.architecture key; not a model GGUF")
-    return bytes(field.parts[field.data[0]]).decode("utf-8")
-
-
-def _gguf_layout(base_hf: np.ndarray, base_gguf: np.ndarray, n_heads: tuple[int, ...]):
-    """How an HF weight maps onto the GGUF tensor it came from: as it is, or with its Q/K rows re-
-    interleaved for llama.cpp's RoPE (llama arch). Decided by the data: the base's dequantized HF copy
-    must equal the GGUF's own tensor, dequantized, under the map. None when no known map fits."""
-    if base_hf.shape != base_gguf.shape:
-        return None
-    scale = float(np.abs(base_gguf).max()) or 1.0
-    candidates = [lambda w: w]
-    candidates += [lambda w, n=n: _permute(w, n) for n in n_heads if base_hf.shape[0] % (2 * n) == 0]
-    for layout in candidates:
-        if float(np.abs(layout(base_hf) - base_gguf).max()) <= 1e-6 * scale:
-            return layout
-    return None
-
-
-def export_gguf_over_base(
-    model_id: str,
-    out_path: Path,
-    settings: Settings,
-    *,
-    outtype: Literal["f16", "q8_0"] = "f16",
-    overwrite: bool = False,
-) -> Path:
-    """Write LoRA model `model_id`, tuned from a GGUF, as that GGUF with the LoRA merged in.
-
-    Every key of the base file is kept (the training template replaces its chat template), and so is
-    every tensor the LoRA leaves alone, quantized as it was (embeddings, norms, ...); each weight the
-    LoRA changes is merged in float32 (peft's own merge, on the dequantized base) and written as
-    `outtype`: F16, or Q8_0 (half F16's size, one more rounding; benchmarks/tuned.py measures both).
-    So it works for every architecture llama.cpp runs (Llama, Gemma 3, ...), and its file stays close
-    to the base's size. How each HF weight lies in the GGUF is checked on the data: the dequantized
-    base must equal the file's own tensor under the chosen layout, else ConfigError.
-
-    >>> export_gguf_over_base("gemma-3-270m-tuned-1a2b3c4d", Path("model.gguf"), settings)  # doctest: +SKIP
-    PosixPath('model.gguf')
-    """
-    import gguf
-    import torch
-    from peft import PeftModel
-    from peft.tuners.lora import LoraLayer
-    from peft.utils import ModulesToSaveWrapper
-    from transformers import AutoModelForCausalLM
-
-    from tunelab.inference.backends.transformers_backend import dequantized_dir
-    from tunelab.models.resolve import resolve
-
-    if outtype not in _OVER_BASE_TYPES:
-        raise ConfigError(f"outtype must be one of {_OVER_BASE_TYPES}, got {outtype!r}")
-    record = _tuned_record(model_id, settings)
-    resolved = resolve(model_id, settings)
-    if not record.adapter or resolved.gguf_path is None or resolved.adapter_path is None:
-        raise ConfigError(f"{model_id!r} is not a LoRA tuned from a GGUF; use export_merged + export_gguf")
-    base_gguf = Path(resolved.gguf_path)
-    out_path = Path(out_path).expanduser()
-    _check_target(out_path, overwrite, [base_gguf, model_dir(settings, model_id)], "file")
-
-    reader = gguf.GGUFReader(str(base_gguf))
-    arch = _arch_of(reader)
-    arch_enum = next((a for a, n in gguf.MODEL_ARCH_NAMES.items() if n == arch), None)
-    if arch_enum is None:
-        raise ConfigError(f"{base_gguf}: architecture {arch!r} is unknown to the gguf package")
-    n_blocks = int(reader.fields[f"{arch}.block_count"].contents())
-    n_heads = tuple(
-        int(reader.fields[k].contents())
-        for k in (f"{arch}.attention.head_count", f"{arch}.attention.head_count_kv")
-        if k in reader.fields and np.ndim(reader.fields[k].contents()) == 0
-    )
-    names = gguf.get_tensor_name_map(arch_enum, n_blocks)
-    base_tensors = {t.name: t for t in reader.tensors}
-
-    # float32, as export_merged: the precision LoRA was trained against
-    base_dir = dequantized_dir(base_gguf, settings.home)
-    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
-    model = PeftModel.from_pretrained(model, resolved.adapter_path)
-    if any(isinstance(m, ModulesToSaveWrapper) for m in model.modules()):
-        raise ConfigError(
-            f"{model_id}: its adapter trains whole modules besides the LoRA (modules_to_save); "
-            "export_merged + llama.cpp's converter handle it"
-        )
-    merged: dict[str, np.ndarray] = {}  # GGUF name -> the merged weight as written
-    q8 = gguf.GGMLQuantizationType.Q8_0
-    with torch.no_grad():
-        for module_name, module in model.named_modules():
-            if not isinstance(module, LoraLayer):
-                continue
-            hf_name = module_name.removeprefix("base_model.model.")
-            gguf_name = names.get_name(hf_name)
-            tensor = base_tensors.get(f"{gguf_name}.weight") if gguf_name else None
-            if tensor is None:
-                raise ConfigError(
-                    f"{model_id}: the LoRA changes {hf_name}, which has no tensor in {base_gguf}"
-                )
-            weight = module.get_base_layer().weight
-            before = weight.detach().numpy().copy()
-            base_data = gguf.quants.dequantize(tensor.data, tensor.tensor_type).reshape(before.shape)
-            layout = _gguf_layout(before, base_data, n_heads)
-            if layout is None:
-                raise ConfigError(
-                    f"{model_id}: {hf_name} does not match {tensor.name} of {base_gguf} in any layout "
-                    "tunelab knows; export_merged gives the merged weights for llama.cpp's converter"
-                )
-            module.merge()
-            after = layout(weight.detach().numpy())
-            if not np.isfinite(after).all() or (outtype == "f16" and np.abs(after).max() > 65504):
-                raise ConfigError(f"{hf_name}: merged values beyond F16's range; the LoRA diverged")
-            # in its final type at once, so no float32 copy of the model outlives the merge
-            if outtype == "f16":
-                merged[tensor.name] = np.ascontiguousarray(after, dtype=np.float16)
-            else:
-                merged[tensor.name] = gguf.quants.quantize(np.ascontiguousarray(after, dtype=np.float32), q8)
-    del model
-
-    chat_template = chat_template_for(record.template_name, record.template_source)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_sibling(out_path, "tmp")
-    writer = gguf.GGUFWriter(str(tmp), arch)
-    try:
-        for key, field in reader.fields.items():
-            if (
-                key.startswith("GGUF.")
-                or key in ("general.architecture", "general.name", "general.file_type", "general.alignment")
-                or key.startswith("tokenizer.chat_template")
-            ):
-                continue
-            writer.add_key_value(key, *_raw_value(field))
-        writer.add_name(model_id)
-        writer.add_chat_template(chat_template)
-        for tensor in reader.tensors:
-            if tensor.name in merged:
-                # F16 as it is; Q8_0 as its bytes, whose shape gives the element shape
-                writer.add_tensor(
-                    tensor.name, merged[tensor.name], raw_dtype=None if outtype == "f16" else q8
-                )
-            else:
-                # the file's bytes as they are (a quantized tensor's shape follows from its bytes)
-                writer.add_tensor(tensor.name, tensor.data, raw_dtype=tensor.tensor_type)
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-        writer.close()
-        _move_into_place(tmp, out_path)
-    finally:
-        writer.close()
-        tmp.unlink(missing_ok=True)
-    log.info(
-        "wrote %s: %s over %s, %d merged weights in %s",
-        out_path,
-        model_id,
-        base_gguf.name,
-        len(merged),
-        outtype,
-    )
     return out_path

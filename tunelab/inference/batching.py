@@ -3,7 +3,7 @@ are answered by one engine call (one batch), not one after another.
 
 The server submits each request here and waits on its Future; a worker thread per model gathers what
 arrived within `window_s` (up to `max_batch` prompts), groups it by (template, system, options), and
-runs each group through `Engine.generate` as one batch. On llama.cpp a batch is decoded together step
+runs each group through `InferenceEngine.generate` as one batch. On llama.cpp a batch is decoded together step
 by step (continuous batching inside the batch); on transformers it is one padded `generate`.
 """
 
@@ -17,7 +17,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
-from tunelab.inference.engine import Engine
+from tunelab.inference.engine import InferenceEngine
 from tunelab.inference.options import Completion, GenerationOptions
 from tunelab.models.resolve import ResolvedModel
 
@@ -46,7 +46,7 @@ class Batcher:
 
     def __init__(
         self,
-        engine: Engine,
+        engine: InferenceEngine,
         *,
         backend: str = "auto",
         device: str = "auto",

@@ -7,7 +7,7 @@ from tunelab.errors import ConfigError
 
 def _may_have_gpu() -> bool:
     """Cheap signs of a GPU, so a CPU-only machine running a GGUF on llama.cpp never imports torch
-    (1.3 s of a 2.5 s first answer here). Where torch is loaded already, asking it costs nothing."""
+    (half the time of a first answer). Where torch is loaded already, asking it costs nothing."""
     import os
     import platform
     import shutil
@@ -45,15 +45,6 @@ def pick_device(requested: str = "auto") -> str:
     if requested not in {"cuda", "mps", "cpu"}:
         raise ConfigError(f"unknown device {requested!r}; choose auto, cuda, mps or cpu")
     return requested
-
-
-def cpu_threads() -> int:
-    import os
-
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
 
 
 def cpu_has_native_bf16() -> bool:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from tunelab.config import Settings
 from tunelab.errors import ConfigError, PromptError
-from tunelab.inference.backends.base import Backend, OnText
+from tunelab.inference.backends.base import Backend, ChatBackend, OnText
 from tunelab.inference.device import pick_device
 from tunelab.inference.options import BackendOutput, Completion, GenerationOptions
 from tunelab.inference.templates import BUILTIN_TEMPLATES, Template, resolve_template
@@ -100,7 +100,11 @@ def prepare_prompts(prompts: list, template: Template, system: str | None) -> Pr
     return Prepared(texts, errors, wrapped)
 
 
-class Engine:
+class InferenceEngine:
+    """The inference core: loads backends (cached per model, backend and device) and answers prompts
+    through a template. The Python API, the CLI and the server all call it; `LLMEngine` in
+    `tunelab.runner` is Lamini's runner class, a thin facade over this."""
+
     def __init__(self, settings: Settings):
         self.settings = settings
         self._backends: dict[tuple, Backend] = {}
@@ -128,7 +132,8 @@ class Engine:
 
             # an adapter's gguf_path is its base's: the tuned weights are in its own merged GGUF
             return LlamaCppBackend(model.fast_gguf if model.adapter_path is not None else model.gguf_path)
-        from tunelab.inference.backends.transformers_backend import TransformersBackend, dequantized_dir
+        from tunelab.inference.backends.transformers_backend import TransformersBackend
+        from tunelab.models.gguf_cache import dequantized_dir
 
         if kind == "vllm":
             from tunelab.inference.backends.vllm_backend import VllmBackend
@@ -177,7 +182,7 @@ class Engine:
         """(prompt tokens, context length) of one prompt as the model would see it (0 tokens when a remote
         service counts them itself). A prompt that cannot be rendered raises PromptError."""
         engine_backend = self.load(model, backend, device)
-        if engine_backend.name == "remote":
+        if isinstance(engine_backend, ChatBackend):  # the service counts its own tokens
             return 0, engine_backend.context_length
         prepared = prepare_prompts([prompt], self.template_for(model, engine_backend, template), system)
         if prepared.errors[0]:
@@ -202,7 +207,7 @@ class Engine:
         called as prompt i's answer grows (token by token on local backends, once on remote ones); it
         may return False to say nobody reads that answer any more (llama.cpp then stops it)."""
         engine_backend = self.load(model, backend, device)
-        remote_chat = engine_backend.name == "remote" and (template or "auto") == "auto"
+        remote_chat = isinstance(engine_backend, ChatBackend) and (template or "auto") == "auto"
         if remote_chat:
             # The service applies the model's own template; tunelab sends plain messages.
             chosen = Template("service's own", "{{ prompt }}")
@@ -273,14 +278,14 @@ def _prompt_text(prompt) -> str:
     return repr(prompt)
 
 
-_ENGINES: dict[str, Engine] = {}
+_ENGINES: dict[str, InferenceEngine] = {}
 
 
-def engine_for(settings: Settings) -> Engine:
+def engine_for(settings: Settings) -> InferenceEngine:
     """One engine per data home, shared by every runner in the process."""
     key = str(settings.home)
     if key not in _ENGINES:
-        _ENGINES[key] = Engine(settings)
+        _ENGINES[key] = InferenceEngine(settings)
     engine = _ENGINES[key]
     engine.settings = settings
     return engine

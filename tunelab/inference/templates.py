@@ -40,6 +40,30 @@ _CHATML = (
 )
 _RAW = "{{ prompt }}"
 
+# Messages-based equivalents of the built-in prompt templates, for a tuned model's exported chat
+# template: for a system message and one user turn with add_generation_prompt they render exactly what
+# the prompt form renders (tested), and they go on to later turns the way the family does, each answer
+# closed as training closed it.
+_RAW_MESSAGES = (
+    "{% for message in messages %}{% if message['role'] == 'user' %}{{ message['content'] }}"
+    "{% elif message['role'] == 'assistant' %}{{ message['content'] }}{{ eos_token }}{% endif %}"
+    "{% endfor %}"
+)
+_LLAMA2_MESSAGES = (
+    "{% if messages and messages[0]['role'] == 'system' %}{% set system = messages[0]['content'] %}"
+    "{% set turns = messages[1:] %}{% else %}{% set system = '' %}{% set turns = messages %}{% endif %}"
+    "{% for message in turns %}{% if message['role'] == 'user' %}"
+    "{% if loop.first and system %}{{ '[INST] <<SYS>>\\n' + system + '\\n<</SYS>>\\n\\n' }}"
+    "{{ message['content'] + ' [/INST]' }}{% else %}{{ '[INST] ' + message['content'] + ' [/INST]' }}"
+    "{% endif %}{% elif message['role'] == 'assistant' %}"
+    "{{ ' ' + message['content'].lstrip() + eos_token }}{% endif %}{% endfor %}"
+)
+_CHATML_MESSAGES = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
 _SENTINEL = "\u2063TUNELAB_SENTINEL\u2063"
 
 
@@ -210,23 +234,54 @@ def _from_jinja(name: str, source: str, bos_token: str, eos_token: str, add_bos:
     )
 
 
+@dataclass(frozen=True)
+class _Builtin:
+    source: str  # the prompt form (reads `prompt`, `system`)
+    messages_source: str  # the same template over `messages`, for exported chat templates
+    stop: tuple[str, ...] = ()
+    markers: tuple[str, ...] = ()
+
+
+_BUILTINS = {
+    "raw": _Builtin(_RAW, _RAW_MESSAGES),
+    # Llama-2 chat ends its turn with EOS, which every backend stops on
+    "llama2": _Builtin(_LLAMA2, _LLAMA2_MESSAGES, markers=("[INST]",)),
+    "chatml": _Builtin(_CHATML, _CHATML_MESSAGES, stop=("<|im_end|>",), markers=("<|im_start|>",)),
+}
+
+
 def builtin(name: str, bos_token: str = "", eos_token: str = "") -> Template:
-    if name == "raw":
-        return Template("raw", _RAW, bos_token=bos_token, eos_token=eos_token)
-    if name == "llama2":
-        return Template(
-            "llama2", _LLAMA2, stop=(), markers=("[INST]",), bos_token=bos_token, eos_token=eos_token
-        )  # Llama-2 chat ends its turn with EOS, which every backend stops on
-    if name == "chatml":
-        return Template(
-            "chatml",
-            _CHATML,
-            stop=("<|im_end|>",),
-            markers=("<|im_start|>",),
-            bos_token=bos_token,
-            eos_token=eos_token,
+    if name not in _BUILTINS:
+        raise ConfigError(
+            f"unknown template {name!r}; choose one of {TEMPLATE_CHOICES} or give a Jinja string"
         )
-    raise ConfigError(f"unknown template {name!r}; choose one of {TEMPLATE_CHOICES} or give a Jinja string")
+    spec = _BUILTINS[name]
+    return Template(name, spec.source, spec.stop, spec.markers, bos_token=bos_token, eos_token=eos_token)
+
+
+# A user's own prompt-style Jinja (written for `prompt` and `system`) is kept as it is, fed from the
+# last user message: it only ever described one turn, and this renders that turn exactly.
+_PROMPT_STYLE_PREFIX = (
+    "{% set system = messages[0]['content'] if messages and messages[0]['role'] == 'system' else '' %}"
+    "{% set prompt = (messages | selectattr('role', 'equalto', 'user') | list | last)['content'] %}"
+)
+
+
+def chat_template_for(template_name: str, template_source: str) -> str:
+    """The messages-based Jinja chat template that renders prompts as training did.
+
+    A chat template (it reads ``messages``) is returned unchanged; tunelab's built-in prompt templates
+    (``raw``, ``llama2``, ``chatml``) get their messages-based equivalent, and any other prompt-style
+    Jinja is wrapped so that ``prompt``/``system`` come from the messages.
+
+    >>> chat_template_for("llama2", builtin("llama2").source).startswith("{% if messages")
+    True
+    """
+    if "messages" in template_source:
+        return template_source
+    if template_name in BUILTIN_TEMPLATES and template_source == builtin(template_name).source:
+        return _BUILTINS[template_name].messages_source
+    return _PROMPT_STYLE_PREFIX + template_source
 
 
 def resolve_template(

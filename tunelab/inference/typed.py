@@ -22,7 +22,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field, ValidationError, create_model
 
-from tunelab.errors import TunelabError
+from tunelab.errors import TypedOutputError
 
 LAMINI_TYPES: dict[str, type] = {
     "str": str,
@@ -36,10 +36,6 @@ LAMINI_TYPES: dict[str, type] = {
 }
 _LIST = re.compile(r"^(?:list|List)\[(\w+)\]$")
 _SCHEMA_KEYS = {"type", "properties", "$ref", "$defs", "anyOf", "oneOf", "allOf", "enum", "const", "items"}
-
-
-class TypedOutputError(TunelabError, ValueError):
-    """An output_type tunelab cannot use, or an answer that did not become a valid object."""
 
 
 @dataclass(frozen=True)

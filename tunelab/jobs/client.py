@@ -12,14 +12,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from tunelab.config import Settings
-from tunelab.errors import ConfigError, RemoteModelError, TunelabError
+from tunelab.errors import ConfigError, JobFailed, RemoteModelError
 from tunelab.training.data import DataReport, Example, load_records
 
 TERMINAL = ("succeeded", "failed", "cancelled")
-
-
-class JobFailed(TunelabError):
-    """A server-side fine-tuning job ended as failed or cancelled."""
 
 
 @dataclass

@@ -16,12 +16,13 @@ import threading
 from datetime import datetime, timezone
 
 from tunelab.config import Settings
-from tunelab.errors import ConfigError, TunelabError
-from tunelab.models.registry import model_dir
+from tunelab.errors import ConfigError, TrainingInterrupted, TunelabError
+from tunelab.models.registry import entry as registry_entry
 from tunelab.models.resolve import resolve
-from tunelab.store.db import JobRecord, Store
+from tunelab.store.db import Store
+from tunelab.store.records import JobRecord
 from tunelab.training.data import load_records
-from tunelab.training.recipe import TrainingInterrupted, latest_checkpoint, make_config, run_dir, train
+from tunelab.training.recipe import latest_checkpoint, make_config, run_dir, train
 
 log = logging.getLogger("tunelab")
 
@@ -169,12 +170,12 @@ class JobWorker:
             )
             store.add_event(job.id, f"The job failed: {message}", level="error")
             return
-        heldout = model_dir(self.settings, result.model_id) / "heldout.jsonl"
+        heldout = registry_entry(self.settings, result.model_id).heldout_file
         result_files = []
         if heldout.is_file() and heldout.stat().st_size:
             record = store.add_file(
                 job.owner,
-                "heldout.jsonl",
+                heldout.name,
                 "fine-tune-results",
                 heldout.stat().st_size,
                 str(heldout),

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from tunelab.config import Settings
 from tunelab.models.embedded import EMBEDDED, SMOLLM2
-from tunelab.models.registry import load_record, registry_dir
+from tunelab.models.registry import list_entries
 
 
 @dataclass
@@ -52,18 +52,10 @@ def list_models(settings: Settings) -> list[ModelRow]:
     for name, remote in settings.remote.items():
         key = "key set" if remote.resolve_key() else f"no key ({remote.api_key_env or 'api_key_env unset'})"
         rows.append(ModelRow(name, "remote", "config", f"{remote.base_url} model={remote.model}", key))
-    registry = registry_dir(settings)
-    if registry.is_dir():
-        for entry in sorted(registry.iterdir()):
-            record = load_record(entry) if entry.is_dir() else None
-            if record is not None:
-                accuracy = record.metrics.get("heldout_accuracy")
-                status = f"{record.method} on {record.base_model}" + (
-                    f", held-out accuracy {accuracy:.0%}" if isinstance(accuracy, float) else ""
-                )
-                rows.append(ModelRow(entry.name, "tuned", "registry", str(entry), status))
-            elif (entry / "config.json").exists():
-                rows.append(ModelRow(entry.name, "tuned", "registry", str(entry), "ready"))
+    for entry in list_entries(settings):
+        record = entry.record()
+        status = f"{record.method} on {record.base_model}" if record else "ready"
+        rows.append(ModelRow(entry.name, "tuned", "registry", str(entry.path), status))
     rows.extend(_hf_cache_rows())
     if settings.production_url:
         rows.append(

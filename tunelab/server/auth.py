@@ -1,4 +1,4 @@
-"""Who is asking: the API key on a request, its owner, and the OpenAI-shaped errors routes raise."""
+"""Who is asking: the API key on a request and its owner."""
 
 from __future__ import annotations
 
@@ -6,24 +6,8 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from tunelab.server.protocol import ErrorDetail
+from tunelab.server.errors import APIError
 from tunelab.server.service import LOCAL_OWNER, Service
-
-
-class APIError(Exception):
-    def __init__(self, status: int, message: str, type: str = "invalid_request_error", param=None, code=None):
-        super().__init__(message)
-        self.status, self.detail = status, ErrorDetail(message=message, type=type, param=param, code=code)
-
-
-def model_not_found(model: str) -> APIError:
-    """The one answer for a model that does not exist *or* belongs to another owner: ids do not leak."""
-    return APIError(
-        404,
-        f"The model '{model}' does not exist or you do not have access to it.",
-        param="model",
-        code="model_not_found",
-    )
 
 
 def owner(request: Request) -> str:

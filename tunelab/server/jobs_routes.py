@@ -16,7 +16,8 @@ from starlette.concurrency import run_in_threadpool
 
 from tunelab.errors import ConfigError
 from tunelab.jobs.worker import job_config
-from tunelab.server.auth import APIError, Owner, model_not_found
+from tunelab.server.auth import Owner
+from tunelab.server.errors import APIError, model_not_found
 from tunelab.server.protocol import (
     CreateJobRequest,
     FileDeleted,
@@ -31,7 +32,7 @@ from tunelab.server.protocol import (
     JobList,
 )
 from tunelab.server.service import Service
-from tunelab.store.db import FINISHED, FileRecord, JobRecord
+from tunelab.store.records import FINISHED, FileRecord, JobRecord
 from tunelab.training.data import load_records
 
 router = APIRouter(prefix="/v1")

@@ -20,11 +20,12 @@ from jinja2 import Environment, select_autoescape
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from tunelab.demo.lesson import LESSON_EXPECTED, LESSON_PROMPTS
 from tunelab.errors import ConfigError, GenerationOptionError, PromptError
+from tunelab.evaluation.compare.lesson_prompts import LESSON_EXPECTED, LESSON_PROMPTS
 from tunelab.evaluation.compare.run import compare
 from tunelab.inference.templates import TEMPLATE_CHOICES, resolve_template
-from tunelab.server.auth import APIError, Owner, model_not_found
+from tunelab.server.auth import Owner
+from tunelab.server.errors import APIError, model_not_found
 from tunelab.server.service import Service
 
 router = APIRouter()
@@ -54,7 +55,7 @@ def playground() -> HTMLResponse:
 
 
 class CompareRequest(BaseModel):
-    """`tunelab.evaluation.compare.run.compare()` over HTTP: every prompt to every model with every template."""
+    """`tunelab.compare()` over HTTP: every prompt to every model with every template."""
 
     models: list[str] = Field(min_length=1, max_length=8)
     prompts: list[str] = Field(min_length=1, max_length=20)
@@ -97,7 +98,7 @@ async def compare_models(
     who: Owner,
     format: Literal["json", "html"] = Query("json", description="json: the Comparison; html: the report"),
 ):
-    """Answer, diagnose and compare; the JSON is `tunelab.evaluation.compare.run.Comparison` (docs/compare.md), the
+    """Answer, diagnose and compare; the JSON is `tunelab.Comparison` (docs/compare.md), the
     HTML the self-contained report page. Runs in a worker thread: the server keeps answering."""
     service: Service = request.app.state.service
     _check_request(service, who, body)

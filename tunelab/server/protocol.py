@@ -109,7 +109,8 @@ class ChatCompletionRequest(_Request):
         """The JSON schema (as JSON text) that `response_format` asks the answer to match, as OpenAI:
         `{"type": "json_object"}` (any object) or `{"type": "json_schema", "json_schema": {"name": ...,
         "schema": {...}}}`. Raises TypedOutputError (a ValueError) naming what is wrong."""
-        from tunelab.inference.typed import TypedOutputError, output_spec
+        from tunelab.errors import TypedOutputError
+        from tunelab.inference.typed import output_spec
 
         kind = (self.response_format or {}).get("type", "text")
         if kind == "text":

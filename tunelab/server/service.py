@@ -8,25 +8,17 @@ import logging
 from dataclasses import dataclass, field
 
 from tunelab.config import Settings
-from tunelab.errors import TunelabError
+from tunelab.errors import ContextExceeded, ModelNotServed
 from tunelab.inference.batching import Batcher, Request
 from tunelab.inference.engine import engine_for
 from tunelab.inference.options import GenerationOptions
 from tunelab.models.embedded import EMBEDDED
-from tunelab.models.registry import load_record, registry_dir
+from tunelab.models.registry import list_entries
 from tunelab.models.resolve import ResolvedModel, resolve
 
 log = logging.getLogger("tunelab")
 
 LOCAL_OWNER = "local"  # the owner of every request when the server runs with --no-auth
-
-
-class ModelNotServed(TunelabError):
-    """Unknown to this server, or owned by someone else (the two are not told apart: ids do not leak)."""
-
-
-class ContextExceeded(TunelabError):
-    pass
 
 
 @dataclass
@@ -66,11 +58,7 @@ class Service:
         names |= {alias: "tunelab" for alias in self.settings.aliases}
         names |= {name: "remote" for name in self.settings.remote}
         names |= {name: "tunelab" for name in self.extra_models}
-        registry = registry_dir(self.settings)
-        if registry.is_dir():
-            for entry in sorted(registry.iterdir()):
-                if entry.is_dir() and (load_record(entry) is not None or (entry / "config.json").exists()):
-                    names[entry.name] = "tunelab"
+        names |= {entry.name: "tunelab" for entry in list_entries(self.settings)}
         visible = {}
         for name, owned_by in names.items():
             model_owner = self._owner_of_model(name)

@@ -1,8 +1,9 @@
-"""The embedded store: API keys and who owns what, in SQLite (default) or PostgreSQL.
+"""The embedded store, in SQLite (default) or PostgreSQL: API keys and who owns what, uploaded files,
+fine-tuning jobs, their events and checkpoints.
 
-One code path (SQLAlchemy Core) for both databases. The schema is built by an ordered list of
-migrations, recorded in ``schema_migrations``; opening a store applies the missing ones, each in its
-own transaction.
+One code path (SQLAlchemy Core) for both databases. Opening a store applies the missing migrations
+(`tunelab.store.migrations`), each in its own transaction; the records it returns are in
+`tunelab.store.records`.
 
 >>> from tunelab.config import load_settings
 >>> from tunelab.store.db import Store
@@ -24,24 +25,14 @@ import logging
 import os
 import re
 import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from pydantic import BaseModel, ConfigDict, computed_field
 from sqlalchemy import (
-    Column,
     Connection,
-    DateTime,
-    Integer,
-    MetaData,
-    String,
-    Table,
-    Text,
     create_engine,
     event,
-    func,
     insert,
     inspect,
     select,
@@ -53,228 +44,27 @@ from sqlalchemy.exc import ArgumentError, IntegrityError, NoSuchModuleError, SQL
 
 from tunelab.config import Settings
 from tunelab.errors import ConfigError, KeyNotFoundError, StoreError
+from tunelab.store import migrations
+from tunelab.store.records import ApiKey, FileRecord, JobCheckpoint, JobEvent, JobRecord, as_utc
+from tunelab.store.schema import (
+    MAX_NAME,
+    PREFIX_CHARS,
+    api_keys,
+    files,
+    job_checkpoints,
+    job_events,
+    jobs,
+    ownership,
+    schema_migrations,
+)
 
 log = logging.getLogger("tunelab")
 
 SECRET_PREFIX = "tl-"
-PREFIX_CHARS = 10  # shown in `tunelab keys list`: "tl-" and 7 random characters, enough to tell keys apart
-MAX_NAME = 100
 # Waiting this long for another writer (thread or process) beats failing with "database is locked".
 SQLITE_BUSY_TIMEOUT_S = 30.0
 _SECRET_RE = re.compile(rf"{re.escape(SECRET_PREFIX)}[A-Za-z0-9_-]{{32,200}}")
 _MIGRATION_LOCK = 0x74756E656C6162  # pg_advisory_xact_lock key: two servers starting at once migrate once
-
-
-# --- records ------------------------------------------------------------------------------------
-
-
-class ApiKey(BaseModel):
-    """An API key as stored: never the secret, never its hash."""
-
-    model_config = ConfigDict(frozen=True)
-
-    id: str
-    name: str
-    owner: str
-    prefix: str  # the secret's first characters, to recognise a key in a list
-    created_at: datetime
-    revoked_at: datetime | None = None
-
-    @computed_field
-    @property
-    def active(self) -> bool:
-        return self.revoked_at is None
-
-
-# --- the current schema, for queries -------------------------------------------------------------
-# The migrations below are the source of truth for the DDL; these tables only describe the latest
-# schema for SELECT/INSERT/UPDATE (tests/test_store.py checks that the two agree).
-
-metadata = MetaData()
-
-schema_migrations = Table(
-    "schema_migrations",
-    metadata,
-    Column("version", Integer, primary_key=True, autoincrement=False),
-    Column("name", String(200), nullable=False),
-    Column("applied_at", DateTime(timezone=True), nullable=False),
-)
-
-api_keys = Table(
-    "api_keys",
-    metadata,
-    Column("id", String(40), primary_key=True),
-    Column("name", String(MAX_NAME), nullable=False),
-    Column("owner", String(MAX_NAME), nullable=False),
-    Column("key_hash", String(64), nullable=False, unique=True),
-    Column("prefix", String(PREFIX_CHARS), nullable=False),
-    Column("created_at", DateTime(timezone=True), nullable=False),
-    Column("revoked_at", DateTime(timezone=True), nullable=True),
-)
-
-ownership = Table(
-    "ownership",
-    metadata,
-    Column("kind", String(40), primary_key=True),
-    Column("object_id", String(200), primary_key=True),
-    Column("owner", String(MAX_NAME), nullable=False),
-    Column("created_at", DateTime(timezone=True), nullable=False),
-)
-
-
-files = Table(
-    "files",
-    metadata,
-    Column("id", String(40), primary_key=True),
-    Column("owner", String(MAX_NAME), nullable=False),
-    Column("filename", String(255), nullable=False),
-    Column("purpose", String(40), nullable=False),
-    Column("bytes", Integer, nullable=False),
-    Column("path", String(1000), nullable=False),
-    Column("n_records", Integer, nullable=False),
-    Column("created_at", DateTime(timezone=True), nullable=False),
-)
-
-jobs = Table(
-    "jobs",
-    metadata,
-    Column("id", String(40), primary_key=True),
-    Column("owner", String(MAX_NAME), nullable=False),
-    Column("model", String(200), nullable=False),
-    Column("training_file", String(40), nullable=False),
-    Column("status", String(20), nullable=False),
-    Column("hyperparameters", Text, nullable=False),
-    Column("seed", Integer, nullable=False),
-    Column("suffix", String(64), nullable=True),
-    Column("fine_tuned_model", String(200), nullable=True),
-    Column("error", Text, nullable=True),
-    Column("trained_tokens", Integer, nullable=True),
-    Column("result_files", Text, nullable=False),
-    Column("created_at", DateTime(timezone=True), nullable=False),
-    Column("finished_at", DateTime(timezone=True), nullable=True),
-)
-
-job_events = Table(
-    "job_events",
-    metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("job_id", String(40), nullable=False),
-    Column("created_at", DateTime(timezone=True), nullable=False),
-    Column("level", String(10), nullable=False),
-    Column("type", String(10), nullable=False),
-    Column("message", Text, nullable=False),
-    Column("data", Text, nullable=True),
-)
-
-job_checkpoints = Table(
-    "job_checkpoints",
-    metadata,
-    Column("id", String(40), primary_key=True),
-    Column("job_id", String(40), nullable=False),
-    Column("step", Integer, nullable=False),
-    Column("metrics", Text, nullable=False),
-    Column("created_at", DateTime(timezone=True), nullable=False),
-)
-
-
-# --- migrations ----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Migration:
-    """One schema step. `apply` runs DDL on a connection inside the migration's transaction."""
-
-    version: int
-    name: str
-    apply: Callable[[Connection], None]
-
-
-def _m1_keys_and_ownership(conn: Connection) -> None:
-    # Frozen once released: a later change to these tables is a new migration, never an edit here.
-    md = MetaData()
-    Table(
-        "api_keys",
-        md,
-        Column("id", String(40), primary_key=True),
-        Column("name", String(100), nullable=False),
-        Column("owner", String(100), nullable=False, index=True),
-        Column("key_hash", String(64), nullable=False, unique=True),
-        Column("prefix", String(10), nullable=False),
-        Column("created_at", DateTime(timezone=True), nullable=False),
-        Column("revoked_at", DateTime(timezone=True), nullable=True),
-    )
-    Table(
-        "ownership",
-        md,
-        Column("kind", String(40), primary_key=True),
-        Column("object_id", String(200), primary_key=True),
-        Column("owner", String(100), nullable=False, index=True),
-        Column("created_at", DateTime(timezone=True), nullable=False),
-    )
-    md.create_all(conn)
-
-
-def _m2_files_and_jobs(conn: Connection) -> None:
-    # Frozen once released, like migration 1.
-    md = MetaData()
-    Table(
-        "files",
-        md,
-        Column("id", String(40), primary_key=True),
-        Column("owner", String(100), nullable=False, index=True),
-        Column("filename", String(255), nullable=False),
-        Column("purpose", String(40), nullable=False),
-        Column("bytes", Integer, nullable=False),
-        Column("path", String(1000), nullable=False),
-        Column("n_records", Integer, nullable=False),
-        Column("created_at", DateTime(timezone=True), nullable=False),
-    )
-    Table(
-        "jobs",
-        md,
-        Column("id", String(40), primary_key=True),
-        Column("owner", String(100), nullable=False, index=True),
-        Column("model", String(200), nullable=False),
-        Column("training_file", String(40), nullable=False),
-        Column("status", String(20), nullable=False, index=True),
-        Column("hyperparameters", Text, nullable=False),
-        Column("seed", Integer, nullable=False),
-        Column("suffix", String(64), nullable=True),
-        Column("fine_tuned_model", String(200), nullable=True),
-        Column("error", Text, nullable=True),
-        Column("trained_tokens", Integer, nullable=True),
-        Column("result_files", Text, nullable=False),
-        Column("created_at", DateTime(timezone=True), nullable=False),
-        Column("finished_at", DateTime(timezone=True), nullable=True),
-    )
-    Table(
-        "job_events",
-        md,
-        Column("id", Integer, primary_key=True, autoincrement=True),
-        Column("job_id", String(40), nullable=False, index=True),
-        Column("created_at", DateTime(timezone=True), nullable=False),
-        Column("level", String(10), nullable=False),
-        Column("type", String(10), nullable=False),
-        Column("message", Text, nullable=False),
-        Column("data", Text, nullable=True),
-    )
-    Table(
-        "job_checkpoints",
-        md,
-        Column("id", String(40), primary_key=True),
-        Column("job_id", String(40), nullable=False, index=True),
-        Column("step", Integer, nullable=False),
-        Column("metrics", Text, nullable=False),
-        Column("created_at", DateTime(timezone=True), nullable=False),
-    )
-    md.create_all(conn)
-
-
-# Append new steps at the end; never renumber or edit old ones.
-MIGRATIONS: list[Migration] = [
-    Migration(1, "api keys and ownership", _m1_keys_and_ownership),
-    Migration(2, "files, fine-tuning jobs, job events and checkpoints", _m2_files_and_jobs),
-]
 
 
 # --- the store -----------------------------------------------------------------------------------
@@ -282,13 +72,6 @@ MIGRATIONS: list[Migration] = [
 
 def _now() -> datetime:
     return datetime.now(timezone.utc)
-
-
-def _utc(value: datetime | None) -> datetime | None:
-    # SQLite hands back naive datetimes (we always write UTC); PostgreSQL aware ones in its time zone.
-    if value is None:
-        return None
-    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
 
 
 def hash_secret(secret: str) -> str:
@@ -458,10 +241,12 @@ class Store:
         return list(conn.scalars(select(schema_migrations.c.version).order_by(schema_migrations.c.version)))
 
     def _migrate(self) -> None:
-        migrations = list(MIGRATIONS)  # read at call time, so a test can append one
-        versions = [m.version for m in migrations]
+        steps = list(migrations.MIGRATIONS)  # read at call time, so a test can append one
+        versions = [m.version for m in steps]
         if versions != sorted(set(versions)) or (versions and versions[0] < 1):
-            raise RuntimeError(f"tunelab.store.db.MIGRATIONS must have increasing versions, got {versions}")
+            raise RuntimeError(
+                f"tunelab.store.migrations.MIGRATIONS must have increasing versions, got {versions}"
+            )
         known = versions[-1] if versions else 0
         with self._read() as conn:
             applied = self._applied(conn)
@@ -470,7 +255,7 @@ class Store:
                 f"the database {self.url} is at schema version {applied[-1]}, newer than this tunelab "
                 f"knows ({known}); upgrade tunelab, or point --db-url / TUNELAB_DB_URL at another database"
             )
-        for migration in migrations:
+        for migration in steps:
             if migration.version in applied:
                 continue
             with self._write() as conn:
@@ -534,8 +319,8 @@ class Store:
             name=row.name,
             owner=row.owner,
             prefix=row.prefix,
-            created_at=_utc(row.created_at),
-            revoked_at=_utc(row.revoked_at),
+            created_at=as_utc(row.created_at),
+            revoked_at=as_utc(row.revoked_at),
         )
 
     _key_columns = (
@@ -574,7 +359,7 @@ class Store:
                 )
             active = [row for row in rows if row.revoked_at is None]
             if not active:
-                when = ", ".join(f"{r.id} on {_utc(r.revoked_at):%Y-%m-%d %H:%M} UTC" for r in rows)
+                when = ", ".join(f"{r.id} on {as_utc(r.revoked_at):%Y-%m-%d %H:%M} UTC" for r in rows)
                 raise StoreError(f"the API key {ref!r} is already revoked ({when})")
             if len(active) > 1:
                 ids = ", ".join(row.id for row in active)
@@ -653,11 +438,6 @@ class Store:
                 ownership.delete().where(ownership.c.kind == kind, ownership.c.object_id == object_id)
             )
         return result.rowcount > 0
-
-    def count_keys(self) -> int:
-        """How many keys exist, active or revoked (the server warns when it runs without any)."""
-        with self._read() as conn:
-            return conn.scalar(select(func.count()).select_from(api_keys)) or 0
 
     # --- files, fine-tuning jobs, their events and checkpoints ---
     # Every read takes the owner: another owner's object is "not found", never "forbidden".
@@ -813,88 +593,3 @@ class Store:
         )
         with self._read() as conn:
             return [JobCheckpoint.from_row(r) for r in conn.execute(query)]
-
-
-JOB_STATUSES = ("validating_files", "queued", "running", "succeeded", "failed", "cancelled")
-FINISHED = ("succeeded", "failed", "cancelled")
-
-
-class FileRecord(BaseModel):
-    id: str
-    owner: str
-    filename: str
-    purpose: str
-    bytes: int
-    path: str
-    n_records: int
-    created_at: datetime
-
-    @classmethod
-    def from_row(cls, row) -> FileRecord:
-        return cls(**(dict(row._mapping) | {"created_at": _utc(row.created_at)}))
-
-
-class JobRecord(BaseModel):
-    id: str
-    owner: str
-    model: str
-    training_file: str
-    status: str
-    hyperparameters: dict
-    seed: int
-    suffix: str | None = None
-    fine_tuned_model: str | None = None
-    error: dict | None = None
-    trained_tokens: int | None = None
-    result_files: list[str] = []
-    created_at: datetime
-    finished_at: datetime | None = None
-
-    def row(self) -> dict:
-        values = self.model_dump()
-        for name in ("hyperparameters", "error", "result_files"):
-            values[name] = json.dumps(values[name]) if values[name] is not None else None
-        return values
-
-    @classmethod
-    def from_row(cls, row) -> JobRecord:
-        values = dict(row._mapping)
-        for name in ("hyperparameters", "error", "result_files"):
-            values[name] = (
-                json.loads(values[name]) if values[name] else ({} if name == "hyperparameters" else None)
-            )
-        values["result_files"] = values["result_files"] or []
-        values["created_at"], values["finished_at"] = _utc(values["created_at"]), _utc(values["finished_at"])
-        return cls(**values)
-
-
-class JobEvent(BaseModel):
-    id: int
-    job_id: str
-    created_at: datetime
-    level: str
-    type: str
-    message: str
-    data: dict | None = None
-
-    @classmethod
-    def from_row(cls, row) -> JobEvent:
-        values = dict(row._mapping)
-        values["data"] = json.loads(values["data"]) if values["data"] else None
-        values["created_at"] = _utc(values["created_at"])
-        return cls(**values)
-
-
-class JobCheckpoint(BaseModel):
-    id: str
-    job_id: str
-    step: int
-    metrics: dict
-    created_at: datetime
-
-    @classmethod
-    def from_row(cls, row) -> JobCheckpoint:
-        values = dict(row._mapping)
-        values["metrics"] = json.loads(values["metrics"])
-        values["created_at"] = _utc(values["created_at"])
-        return cls(**values)

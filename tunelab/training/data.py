@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tunelab.errors import TunelabError
+from tunelab.errors import DataError
 
 log = logging.getLogger("tunelab")
 
@@ -78,14 +78,6 @@ class DataReport:
         if self.issues:
             text += f"; {self.rejected} not used:\n" + "\n".join(f"  {issue}" for issue in self.issues)
         return text
-
-
-class DataError(TunelabError, ValueError):
-    """Training data that cannot be used; `report` lists every problem."""
-
-    def __init__(self, message: str, report: DataReport):
-        super().__init__(message)
-        self.report = report
 
 
 def _text(
@@ -218,6 +210,25 @@ class _Invalid:
     problem: str
 
 
+def _file_records(path: Path, fmt: str) -> Iterable[tuple[str, Any]]:
+    """(where, record) pairs of a JSONL, JSON or CSV file; `fmt` "auto" goes by the suffix."""
+    kind = fmt if fmt != "auto" else path.suffix.lstrip(".")
+    if kind not in {"jsonl", "json", "csv"}:
+        raise DataError(f"{path}: unknown data file type; use .jsonl, .json or .csv", DataReport())
+    if not path.is_file():
+        raise DataError(f"{path}: no such file", DataReport())
+    if kind == "csv":
+        return _csv_records(path)
+    if kind == "jsonl":
+        return _jsonl_records(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})", DataReport()) from None
+    items = data if isinstance(data, list) else [data]
+    return ((f"{path} record {i}", r) for i, r in enumerate(items))
+
+
 def load_records(
     source: Any, *, fmt: str = "auto", input_key: str = "input", output_key: str = "output"
 ) -> DataReport:
@@ -226,23 +237,7 @@ def load_records(
     `fmt` forces how a path is read ("jsonl", "json" or "csv"); "auto" goes by the file suffix.
     """
     if isinstance(source, str | Path):
-        path = Path(source)
-        kind = fmt if fmt != "auto" else path.suffix.lstrip(".")
-        if kind not in {"jsonl", "json", "csv"}:
-            raise DataError(f"{path}: unknown data file type; use .jsonl, .json or .csv", DataReport())
-        if not path.is_file():
-            raise DataError(f"{path}: no such file", DataReport())
-        if kind == "csv":
-            records: Iterable[tuple[str, Any]] = _csv_records(path)
-        elif kind == "json":
-            try:
-                data = json.loads(path.read_text(encoding="utf-8"))
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})", DataReport()) from None
-            items = data if isinstance(data, list) else [data]
-            records = ((f"{path} record {i}", r) for i, r in enumerate(items))
-        else:
-            records = _jsonl_records(path)
+        records = _file_records(Path(source), fmt)
     elif hasattr(source, "to_dict"):
         records = ((f"row {i}", r) for i, r in enumerate(source.to_dict("records")))
     elif isinstance(source, dict):

@@ -26,7 +26,7 @@ import time
 import warnings
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -35,11 +35,13 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tunelab.config import Settings
-from tunelab.errors import ConfigError, TunelabError
+from tunelab.errors import ConfigError, DataError, TrainingInterrupted
+from tunelab.export.atomic import atomic_write
 from tunelab.inference.templates import Template, resolve_template
-from tunelab.models.registry import ModelRecord, model_dir, save_record
+from tunelab.models.registry import Entry, ModelRecord, model_dir, save_record
+from tunelab.models.registry import entry as registry_entry
 from tunelab.models.resolve import ResolvedModel
-from tunelab.training.data import DataError, DataReport, Example
+from tunelab.training.data import DataReport, Example
 
 log = logging.getLogger("tunelab")
 
@@ -297,18 +299,16 @@ def save_checkpoint(run: Path, step: int, model, optimizer, scheduler, metrics: 
     """Written to a temporary directory and renamed, so a kill -9 mid-save leaves the last good one."""
     from safetensors.torch import save_file
 
-    final = run / "checkpoints" / f"step-{step}"
-    tmp = final.with_name(final.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file(trainable_state(model), tmp / "trainable.safetensors")
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optim.pt")
-    rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        rng["cuda"] = torch.cuda.get_rng_state_all()
-    torch.save(rng, tmp / "rng.pt")
-    (tmp / "state.json").write_text(json.dumps({"step": step, "metrics": metrics}))
-    tmp.rename(final)
+    with atomic_write(run / "checkpoints" / f"step-{step}") as tmp:
+        tmp.mkdir()
+        save_file(trainable_state(model), tmp / "trainable.safetensors")
+        optim = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
+        torch.save(optim, tmp / "optim.pt")
+        rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        torch.save(rng, tmp / "rng.pt")
+        (tmp / "state.json").write_text(json.dumps({"step": step, "metrics": metrics}))
     for old in checkpoints(run)[:-2]:
         shutil.rmtree(old, ignore_errors=True)  # keep the last two
 
@@ -363,7 +363,7 @@ def load_base(base: ResolvedModel, settings: Settings):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    from tunelab.inference.backends.transformers_backend import dequantized_dir
+    from tunelab.models.gguf_cache import dequantized_dir
 
     hf_logging.disable_progress_bar()  # tunelab's own bar is the one to watch
 
@@ -401,11 +401,43 @@ def use_bf16_autocast(config: TrainConfig, device: str) -> bool:
         return config.autocast == "bf16"
     if device == "cuda":
         return torch.cuda.is_bf16_supported()
-    # A CPU with native bf16 (AVX512-BF16 / AMX) trains ~1.4x faster under bf16 autocast at the same
-    # held-out accuracy (measured, benchmarks/RESULTS.md); without it bf16 is emulated and slower.
+    # A CPU with native bf16 (AVX512-BF16 / AMX) trains faster under bf16 autocast at the same held-out
+    # accuracy (benchmarks/RESULTS.md); without it bf16 is emulated and slower.
     from tunelab.inference.device import cpu_has_native_bf16
 
     return device == "cpu" and cpu_has_native_bf16()
+
+
+@dataclass
+class Run:
+    """Everything the loop works on, built by the setup steps of `train`."""
+
+    accelerator: Any
+    model: Any
+    tokenizer: Any
+    template: Template
+    base_path: str
+    pad_id: int
+    bf16: bool
+    train_examples: list[Example]
+    eval_examples: list[Example]
+    train_rows: list[Tokenized]
+    eval_rows: list[Tokenized]
+    steps_per_epoch: int
+    total_steps: int
+    trainable: list
+    optimizer: Any
+    scheduler: Any
+    model_id: str
+    digest: str
+    path: Path  # where checkpoints go: run_dir(settings, model_id)
+    step: int = 0
+    metrics: list[dict] = field(default_factory=list)
+    resumed_from: int | None = None
+
+    @property
+    def main(self) -> bool:
+        return self.accelerator.is_main_process
 
 
 def train(
@@ -429,11 +461,7 @@ def train(
     (with `total_steps`, and `checkpoint` when one was saved); returning False stops the run after that
     step (TrainingInterrupted) with its checkpoints kept.
     """
-    from accelerate import Accelerator
     from accelerate.utils import set_seed
-    from transformers import get_cosine_schedule_with_warmup
-
-    from tunelab.inference.backends.transformers_backend import tokenizer_adds_bos
 
     if len(examples) < 2:
         raise DataError(
@@ -444,6 +472,57 @@ def train(
     set_seed(config.seed)
     # peft asks transformers a deprecated question on every wrap; the warning is not the user's to act on
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+
+    run = setup(base, examples, settings, config, model_id)  # 1-3. model, data, optimizer
+    resume_or_start(run, resume)  # 4. where this run lives; resume from its last checkpoint
+    train_loop(run, config, progress=progress, stop_after_steps=stop_after_steps, on_step=on_step)  # 5.
+    result = TrainResult(  # 6. the registry entry
+        model_id=run.model_id,
+        path=model_dir(settings, run.model_id),
+        method=config.method,
+        steps=run.step,
+        epochs=config.epochs,
+        train_loss=run.metrics[-1]["train_loss"],
+        eval_loss=next(
+            (m["eval_loss"] for m in reversed(run.metrics) if m.get("eval_loss") is not None), None
+        ),
+        tokens_per_s=run.metrics[-1]["tokens_per_s"],
+        seconds=round(time.perf_counter() - started, 1),
+        resumed_from_step=run.resumed_from,
+        processes=run.accelerator.num_processes,
+    )
+    if run.main:
+        save_model(
+            run.accelerator.unwrap_model(run.model),
+            run.tokenizer,
+            result,
+            model_record(run, result, base, config, is_public),
+            run.metrics,
+            run.eval_examples,
+        )
+    if run.main and config.method == "lora" and base.gguf_path is not None:
+        # The export loads the base again: the training model, its gradients and the optimizer go first
+        # (accelerate holds them too).
+        run.accelerator.free_memory()
+        run.model = run.optimizer = run.scheduler = run.trainable = None
+        release_memory()
+        write_fast_gguf(run.model_id, settings)
+    run.accelerator.wait_for_everyone()
+    return result
+
+
+def setup(
+    base: ResolvedModel,
+    examples: list[Example],
+    settings: Settings,
+    config: TrainConfig,
+    model_id: str | None,
+) -> Run:
+    """The model with its adapter, the data tokenized with the inference template, the optimizer."""
+    from accelerate import Accelerator
+    from transformers import get_cosine_schedule_with_warmup
+
+    from tunelab.inference.backends.transformers_backend import tokenizer_adds_bos
 
     # 1. model + tokenizer + template
     model, tokenizer, base_path = load_base(base, settings)
@@ -464,18 +543,15 @@ def train(
             ),
         )
     model.config.use_cache = False
-
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     bf16 = use_bf16_autocast(config, accelerator.device.type)
     if bf16 and config.method == "lora":
         store_frozen_linears_in_bf16(model)
-    main = accelerator.is_main_process
 
-    # 2. data: split, tokenize with the inference template, group by length
+    # 2. data: split, tokenize with the inference template
     train_examples, eval_examples = split_examples(examples, config.eval_fraction, config.seed)
     train_rows = tokenize_all(train_examples, template, tokenizer, add_bos, config.max_seq_len)
     eval_rows = tokenize_all(eval_examples, template, tokenizer, add_bos, config.max_seq_len)
-    lengths = [len(r.input_ids) for r in train_rows]
     steps_per_epoch = math.ceil(len(train_rows) / config.batch_size)
     total_steps = max(1, math.ceil(steps_per_epoch * config.epochs))
 
@@ -486,144 +562,137 @@ def train(
         optimizer, int(total_steps * config.warmup_fraction), total_steps
     )
     model, optimizer = accelerator.prepare(model, optimizer)
-
-    # 4. where this run lives; resume from its last checkpoint
     digest = data_hash(examples)
     model_id = model_id or model_id_for(base.alias_of or base.name, config, digest)
-    run = run_dir(settings, model_id)
-    step, metrics, resumed_from = 0, [], None
-    checkpoint = latest_checkpoint(run) if resume else None
+    return Run(
+        accelerator, model, tokenizer, template, base_path, pad_id, bf16,
+        train_examples, eval_examples, train_rows, eval_rows, steps_per_epoch, total_steps,
+        trainable, optimizer, scheduler, model_id, digest, run_dir(settings, model_id),
+    )  # fmt: skip
+
+
+def resume_or_start(run: Run, resume: bool) -> None:
+    """Continue from the run's last checkpoint (resume=True), or start it afresh."""
+    checkpoint = latest_checkpoint(run.path) if resume else None
     if resume and checkpoint is None:
-        log.warning("resume=True but %s has no checkpoint: starting from the beginning", run)
+        log.warning("resume=True but %s has no checkpoint: starting from the beginning", run.path)
     if checkpoint is not None:
-        step, metrics = load_checkpoint(checkpoint, accelerator.unwrap_model(model), optimizer, scheduler)
-        resumed_from = step
-        log.info("resuming %s from step %d (%s)", model_id, step, checkpoint)
-    elif main:
-        shutil.rmtree(run, ignore_errors=True)
-    accelerator.wait_for_everyone()
+        model = run.accelerator.unwrap_model(run.model)
+        run.step, run.metrics = load_checkpoint(checkpoint, model, run.optimizer, run.scheduler)
+        run.resumed_from = run.step
+        log.info("resuming %s from step %d (%s)", run.model_id, run.step, checkpoint)
+    elif run.main:
+        shutil.rmtree(run.path, ignore_errors=True)
+    run.accelerator.wait_for_everyone()
 
-    def evaluate_loss() -> float | None:
-        if not eval_rows:
-            return None
-        model.eval()
-        total, count = 0.0, 0
-        with torch.no_grad(), torch.autocast(accelerator.device.type, torch.bfloat16, enabled=bf16):
-            for start in range(0, len(eval_rows), config.micro_batch_size):
-                chunk = eval_rows[start : start + config.micro_batch_size]
-                total += summed_loss(model, collate(chunk, pad_id, accelerator.device)).item()
-                count += answer_tokens(chunk)
-        model.train()
-        return total / max(count, 1)
 
-    # 5. the loop
-    bar = _progress(total_steps, model_id, enabled=progress and main)
-    bar.update(step)
+def eval_loss(run: Run, micro_batch_size: int) -> float | None:
+    """Mean loss per answer token on the held-out rows (None without any)."""
+    if not run.eval_rows:
+        return None
+    run.model.eval()
+    total, count = 0.0, 0
+    device = run.accelerator.device
+    with torch.no_grad(), torch.autocast(device.type, torch.bfloat16, enabled=run.bf16):
+        for start in range(0, len(run.eval_rows), micro_batch_size):
+            chunk = run.eval_rows[start : start + micro_batch_size]
+            total += summed_loss(run.model, collate(chunk, run.pad_id, device)).item()
+            count += answer_tokens(chunk)
+    run.model.train()
+    return total / max(count, 1)
+
+
+def train_loop(
+    run: Run,
+    config: TrainConfig,
+    *,
+    progress: bool,
+    stop_after_steps: int | None,
+    on_step: Callable[[dict[str, Any]], bool | None] | None,
+) -> None:
+    """Optimizer steps from `run.step` to `run.total_steps`: each batch in the epoch's seeded order,
+    its micro-batches shared among the processes; metrics, checkpoints and the stop requests."""
+    accelerator, model = run.accelerator, run.model
+    bar = _progress(run.total_steps, run.model_id, enabled=progress and run.main)
+    bar.update(run.step)
     model.train()
     trained_tokens, loop_started = 0, time.perf_counter()
     world, rank = accelerator.num_processes, accelerator.process_index
+    lengths = [len(r.input_ids) for r in run.train_rows]
     batches_of: dict[int, list[list[int]]] = {}  # one epoch's order, computed once per epoch
-    while step < total_steps:
-        epoch, index = divmod(step, steps_per_epoch)
+    while run.step < run.total_steps:
+        epoch, index = divmod(run.step, run.steps_per_epoch)
         if epoch not in batches_of:
             batches_of = {epoch: epoch_batches(lengths, config.batch_size, config.seed, epoch)}
-        batch_ids = batches_of[epoch][index]
-        rows = [train_rows[i] for i in batch_ids]
+        rows = [run.train_rows[i] for i in batches_of[epoch][index]]
         n_answer = answer_tokens(rows)  # the full batch's count, on every process
         micro = [rows[i : i + config.micro_batch_size] for i in range(0, len(rows), config.micro_batch_size)]
         mine = micro[rank::world]
         step_loss = backward_batch(
-            accelerator, model, mine or [rows[:1]], n_answer, pad_id, bf16, idle=not mine
+            accelerator, model, mine or [rows[:1]], n_answer, run.pad_id, run.bf16, idle=not mine
         )
-        accelerator.clip_grad_norm_(trainable, config.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
+        accelerator.clip_grad_norm_(run.trainable, config.max_grad_norm)
+        run.optimizer.step()
+        run.scheduler.step()
+        run.optimizer.zero_grad(set_to_none=True)
+        run.step += 1
+        step = run.step
         trained_tokens += sum(len(r.input_ids) for r in rows)
         train_loss = accelerator.reduce(step_loss, reduction="sum").item()
-        elapsed = time.perf_counter() - loop_started
         record: dict[str, Any] = {
             "step": step,
-            "epoch": round(step / steps_per_epoch, 3),
+            "epoch": round(step / run.steps_per_epoch, 3),
             "train_loss": round(train_loss, 5),
-            "learning_rate": scheduler.get_last_lr()[0],
-            "tokens_per_s": round(trained_tokens / elapsed, 1),
+            "learning_rate": run.scheduler.get_last_lr()[0],
+            "tokens_per_s": round(trained_tokens / (time.perf_counter() - loop_started), 1),
         }
-        if step % config.eval_every == 0 or step == total_steps:
-            record["eval_loss"] = evaluate_loss()
-        metrics.append(record)
+        if step % config.eval_every == 0 or step == run.total_steps:
+            record["eval_loss"] = eval_loss(run, config.micro_batch_size)
+        run.metrics.append(record)
         bar.update(1, loss=train_loss, tps=record["tokens_per_s"])
-        saved = main and (step % config.checkpoint_every == 0 or step == total_steps)
+        saved = run.main and (step % config.checkpoint_every == 0 or step == run.total_steps)
         if saved:
-            save_checkpoint(run, step, accelerator.unwrap_model(model), optimizer, scheduler, metrics)
+            unwrapped = accelerator.unwrap_model(model)
+            save_checkpoint(run.path, step, unwrapped, run.optimizer, run.scheduler, run.metrics)
         accelerator.wait_for_everyone()
-        if on_step is not None and main:
-            update = record | {"total_steps": total_steps} | ({"checkpoint": str(run)} if saved else {})
-            if on_step(update) is False and step < total_steps:
+        if on_step is not None and run.main:
+            update = (
+                record | {"total_steps": run.total_steps} | ({"checkpoint": str(run.path)} if saved else {})
+            )
+            if on_step(update) is False and step < run.total_steps:
                 bar.close()
-                raise TrainingInterrupted(f"stopped at step {step} of {total_steps} on request")
-        if (
-            stop_after_steps is not None
-            and step - (resumed_from or 0) >= stop_after_steps
-            and step < total_steps
-        ):
+                raise TrainingInterrupted(f"stopped at step {step} of {run.total_steps} on request")
+        sliced = stop_after_steps is not None and step - (run.resumed_from or 0) >= stop_after_steps
+        if sliced and step < run.total_steps:
             bar.close()
-            raise TrainingInterrupted(f"stopped after step {step} of {total_steps}; resume=True continues")
+            raise TrainingInterrupted(
+                f"stopped after step {step} of {run.total_steps}; resume=True continues"
+            )
     bar.close()
 
-    # 6. the registry entry
-    eval_loss = next((m["eval_loss"] for m in reversed(metrics) if m.get("eval_loss") is not None), None)
-    result = TrainResult(
-        model_id=model_id,
-        path=model_dir(settings, model_id),
+
+def model_record(run: Run, result: TrainResult, base: ResolvedModel, config: TrainConfig, is_public: bool):
+    """The registry's record of what was trained, from what, how, and how it went."""
+    return ModelRecord(
+        model_id=run.model_id,
+        base_model=base.alias_of or base.requested,
         method=config.method,
-        steps=step,
-        epochs=config.epochs,
-        train_loss=metrics[-1]["train_loss"],
-        eval_loss=eval_loss,
-        tokens_per_s=metrics[-1]["tokens_per_s"],
-        seconds=round(time.perf_counter() - started, 1),
-        resumed_from_step=resumed_from,
-        processes=accelerator.num_processes,
+        template_name=run.template.name,
+        template_source=run.template.source,
+        data_hash=run.digest,
+        n_train=len(run.train_rows),
+        n_eval=len(run.eval_rows),
+        hyperparameters=config.model_dump() | {"learning_rate": config.lr},
+        metrics={
+            "train_loss": result.train_loss,
+            "eval_loss": result.eval_loss,
+            "steps": result.steps,
+            "tokens_per_s": result.tokens_per_s,
+            "seconds": result.seconds,
+            "base_path": run.base_path,
+        },
+        is_public=is_public,
     )
-    if main:
-        save_model(
-            accelerator.unwrap_model(model),
-            tokenizer,
-            result,
-            ModelRecord(
-                model_id=model_id,
-                base_model=base.alias_of or base.requested,
-                method=config.method,
-                template_name=template.name,
-                template_source=template.source,
-                data_hash=digest,
-                n_train=len(train_rows),
-                n_eval=len(eval_rows),
-                hyperparameters=config.model_dump() | {"learning_rate": config.lr},
-                metrics={
-                    "train_loss": result.train_loss,
-                    "eval_loss": eval_loss,
-                    "steps": step,
-                    "tokens_per_s": result.tokens_per_s,
-                    "seconds": result.seconds,
-                    "base_path": base_path,
-                },
-                is_public=is_public,
-            ),
-            metrics,
-            eval_examples,
-        )
-    if main and config.method == "lora" and base.gguf_path is not None:
-        # The export loads the base again: the training model, its gradients and the optimizer go first
-        # (accelerate holds them too).
-        accelerator.free_memory()
-        del model, optimizer, scheduler, trainable
-        release_memory()
-        write_fast_gguf(model_id, settings)
-    accelerator.wait_for_everyone()
-    return result
 
 
 def store_frozen_linears_in_bf16(model) -> None:
@@ -662,12 +731,11 @@ def release_memory() -> None:
 def write_fast_gguf(model_id: str, settings: Settings) -> Path | None:
     """Write the LoRA merged into its GGUF base into the registry entry (`export_gguf_over_base`: the
     base's quantized tensors kept, the changed weights in F16), so `backend="auto"` runs the tuned
-    model on llama.cpp (0.65-0.75x its base, against 0.12-0.20x on transformers: benchmarks/tuned.py).
+    model on llama.cpp, several times faster than on transformers (benchmarks/tuned.py measures it).
     Where that cannot be done the tuned model keeps the transformers path, said in one log line."""
-    from tunelab.export.gguf import export_gguf_over_base
-    from tunelab.models.resolve import FAST_GGUF
+    from tunelab.export.gguf_over_base import export_gguf_over_base
 
-    target = model_dir(settings, model_id) / FAST_GGUF
+    target = registry_entry(settings, model_id).fast_gguf
     try:
         return export_gguf_over_base(model_id, target, settings, outtype="f16", overwrite=True)
     except ConfigError as exc:
@@ -675,33 +743,22 @@ def write_fast_gguf(model_id: str, settings: Settings) -> Path | None:
         return None
 
 
-class TrainingInterrupted(TunelabError):
-    """A run stopped before its last step; its checkpoints remain for `resume=True`."""
-
-
 def save_model(model, tokenizer, result: TrainResult, record: ModelRecord, metrics, eval_examples) -> None:
-    target = result.path
-    tmp = target.with_name(target.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    if record.method == "lora":
-        model.save_pretrained(tmp / "adapter")
-    else:
-        model.config.use_cache = True
-        model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    with open(tmp / "metrics.jsonl", "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(m) + "\n" for m in metrics)
-    with open(tmp / "heldout.jsonl", "w", encoding="utf-8") as f:
-        for example in eval_examples:
-            row = {"messages": example.messages, "source": example.source}
-            if example.expected:
-                row["answer"] = example.expected
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    plot_losses(metrics, tmp / "loss.png")
-    save_record(tmp, record)
-    shutil.rmtree(target, ignore_errors=True)
-    tmp.rename(target)
+    """Write the registry entry in a staging directory, then swap it in whole."""
+    with atomic_write(result.path) as tmp:
+        staged = Entry(tmp)
+        tmp.mkdir()
+        if record.method == "lora":
+            model.save_pretrained(staged.adapter_dir)
+        else:
+            model.config.use_cache = True
+            model.save_pretrained(staged.path)
+        tokenizer.save_pretrained(staged.path)
+        with open(staged.metrics_file, "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(m) + "\n" for m in metrics)
+        staged.write_heldout(eval_examples)
+        plot_losses(metrics, staged.loss_plot)
+        save_record(staged.path, record)
 
 
 class _progress:

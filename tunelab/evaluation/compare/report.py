@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 from importlib.resources import files
+from typing import TYPE_CHECKING
 
 from jinja2 import Environment, select_autoescape
 from rich.console import Console, Group
@@ -15,7 +16,9 @@ from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 
-from tunelab.evaluation.compare.run import Cell, Comparison, RunStats
+if TYPE_CHECKING:  # the schema's save_html() imports this module
+    from tunelab.evaluation.compare.schema import Cell, Comparison, RunStats
+
 
 FLAG_COLOURS = {
     "echo": "#d35400",

@@ -44,3 +44,22 @@ class Backend(Protocol):
     def count_tokens(self, text: str) -> int: ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class ChatBackend(Backend, Protocol):
+    """A backend that also takes whole conversations and applies the model's own template itself (a
+    hosted service). The engine sends it plain messages when the template is "auto", and it counts
+    prompt tokens itself, so `count_tokens` is only an estimate there.
+
+    - `generate_chat(prompts, options, system, on_text)`: each prompt is a user message or a list of
+      chat messages; `system`, when given, goes first as a system message. Same outputs as `generate`.
+    """
+
+    def generate_chat(
+        self,
+        prompts: list,
+        options: GenerationOptions,
+        system: str | None = None,
+        on_text: OnText | None = None,
+    ) -> list[BackendOutput]: ...

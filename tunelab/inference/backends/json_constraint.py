@@ -15,7 +15,7 @@ import json
 
 import numpy as np
 
-from tunelab.inference.typed import TypedOutputError
+from tunelab.errors import TypedOutputError
 
 # -- llguidance (transformers) ----------------------------------------------------------------------
 

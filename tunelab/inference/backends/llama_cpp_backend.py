@@ -35,8 +35,8 @@ KV_BUDGET_BYTES = 2 << 30
 # llama.cpp's CPU backend multiplies K-quant weights (Q4_K, Q6_K, ...: most of a Q4_K_M file such as
 # Gemma's) by 8 or more rows at once with a tiled kernel whose sums round differently from the
 # row-by-row kernel it uses below 8 rows. A prompt's greedy answer then depended on how many others
-# shared its decoding step (measured: 11 of 16 Gemma answers changed in a batch). With the tiled
-# kernel off every row is computed as a lone row is, at about the same speed here (RESULTS.md).
+# shared its decoding step. With the tiled kernel off every row is computed as a lone row is, at
+# about the same speed (benchmarks/RESULTS.md has the figures).
 # ggml reads this once per process, at its first matmul; a value the user set is kept.
 os.environ.setdefault("GGML_CPU_TILED_MM", "0")
 

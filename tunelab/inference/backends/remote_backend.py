@@ -9,10 +9,9 @@ import json
 from concurrent.futures import ThreadPoolExecutor
 
 from tunelab.config import RemoteModelConfig
-from tunelab.errors import RemoteModelError
+from tunelab.errors import RemoteModelError, TypedOutputError
 from tunelab.inference.backends.base import OnText
 from tunelab.inference.options import BackendOutput, GenerationOptions
-from tunelab.inference.typed import TypedOutputError
 
 
 class RemoteBackend:

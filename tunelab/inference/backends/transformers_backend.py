@@ -1,15 +1,12 @@
 """The transformers backend: any Hugging Face causal LM, or a GGUF dequantized to torch (trainable).
 
 This module imports torch and transformers; the engine imports it only when this backend is used.
-Dequantizing a GGUF takes 15-40 s here, so the result is saved once as safetensors under
-``$TUNELAB_HOME/cache/dequantized/`` and later loads take seconds.
+A GGUF is loaded from its dequantized copy (`tunelab.models.gguf_cache`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
-from pathlib import Path
 
 import torch
 from transformers import StoppingCriteria
@@ -22,40 +19,6 @@ from tunelab.inference.device import cpu_has_native_bf16, pick_device
 from tunelab.inference.options import BackendOutput, GenerationOptions, cut_at_stop
 
 log = logging.getLogger("tunelab")
-
-
-def _cache_key(gguf_path: Path) -> str:
-    stat = gguf_path.stat()
-    ident = f"{gguf_path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
-    return f"{gguf_path.stem}-{hashlib.sha256(ident.encode()).hexdigest()[:12]}"
-
-
-def dequantized_dir(gguf_path: Path, home: Path) -> Path:
-    """The torch copy of a GGUF, made on first use."""
-    target = home / "cache" / "dequantized" / _cache_key(gguf_path)
-    if (target / "config.json").exists():
-        return target
-    from rich.console import Console
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    console = Console(stderr=True)
-    with console.status(f"[bold]dequantizing {gguf_path.name} to torch (once; cached in {target})"):
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
-            model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
-        except Exception as exc:
-            raise ModelFileError(f"{gguf_path}: transformers could not load this GGUF ({exc})") from None
-        # The weights are plain dequantized tensors now; drop the GGUF "quantizer" marker that
-        # makes save_pretrained refuse, so the copy loads like any HF model.
-        model.hf_quantizer = None
-        model.is_quantized = False
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
-        tmp = target.with_name(target.name + ".tmp")
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        tmp.replace(target)
-    return target
 
 
 def tokenizer_adds_bos(tokenizer) -> bool:

@@ -10,7 +10,7 @@
 
 Records are plain input/output dicts, so they load straight into a runner:
 
->>> from tunelab.training.datasets import load_dataset
+>>> from tunelab import load_dataset
 >>> train = load_dataset("new_facts", split="train")
 >>> sorted(train[0])
 ['answer', 'fact_id', 'input', 'output', 'split']

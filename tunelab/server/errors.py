@@ -1,0 +1,67 @@
+"""The OpenAI-shaped HTTP errors that routes raise (`{"error": {"message", "type", "param", "code"}}`)."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from tunelab.server.protocol import ErrorDetail, ErrorResponse
+
+log = logging.getLogger("tunelab")
+
+
+class APIError(Exception):
+    def __init__(self, status: int, message: str, type: str = "invalid_request_error", param=None, code=None):
+        super().__init__(message)
+        self.status, self.detail = status, ErrorDetail(message=message, type=type, param=param, code=code)
+
+
+def model_not_found(model: str) -> APIError:
+    """The one answer for a model that does not exist *or* belongs to another owner: ids do not leak."""
+    return APIError(
+        404,
+        f"The model '{model}' does not exist or you do not have access to it.",
+        param="model",
+        code="model_not_found",
+    )
+
+
+def error_response(status: int, detail: ErrorDetail) -> JSONResponse:
+    return JSONResponse(ErrorResponse(error=detail).model_dump(), status_code=status)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Every error leaves the server in OpenAI's shape: ours, FastAPI's validation, Starlette's, a crash."""
+
+    @app.exception_handler(APIError)
+    async def api_error(_: Request, exc: APIError):
+        return error_response(exc.status, exc.detail)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, exc: RequestValidationError):
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+        message = "; ".join(
+            f"{'.'.join(str(p) for p in e.get('loc', ()) if p != 'body') or 'body'}: {e.get('msg')}"
+            for e in exc.errors()
+        )
+        return error_response(
+            400, ErrorDetail(message=message, type="invalid_request_error", param=where or None)
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException):
+        return error_response(
+            exc.status_code, ErrorDetail(message=str(exc.detail), type="invalid_request_error")
+        )
+
+    @app.exception_handler(Exception)
+    async def crashed(_: Request, exc: Exception):
+        log.exception("unexpected error")
+        return error_response(
+            500, ErrorDetail(message=f"internal error: {type(exc).__name__}", type="server_error")
+        )

@@ -1,0 +1,259 @@
+"""The OpenAI-compatible routes: /v1/models, /v1/completions, /v1/chat/completions (and /health).
+
+Each route translates a request to the Service and its answers back, streamed or whole; what one owner
+may not see answers 404, as if it did not exist.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+
+from fastapi import APIRouter, Request
+from sse_starlette.sse import EventSourceResponse
+
+from tunelab.errors import (
+    ConfigError,
+    ContextExceeded,
+    GenerationOptionError,
+    ModelNotServed,
+    PromptError,
+    TunelabError,
+    TypedOutputError,
+)
+from tunelab.inference.batching import Request as EngineRequest
+from tunelab.inference.options import Completion
+from tunelab.server.auth import Owner
+from tunelab.server.errors import APIError, model_not_found
+from tunelab.server.protocol import (
+    AssistantMessage,
+    ChatChoice,
+    ChatChunkChoice,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    CompletionChoice,
+    CompletionRequest,
+    CompletionResponse,
+    Delta,
+    ModelCard,
+    ModelList,
+    Usage,
+    new_id,
+    now,
+)
+from tunelab.server.service import Service
+
+log = logging.getLogger("tunelab")
+
+MAX_BODY_BYTES = 4 * 1024 * 1024
+MAX_UPLOAD_BYTES = 256 * 1024 * 1024  # POST /v1/files: training data
+
+
+router = APIRouter()
+
+
+def _service(request: Request) -> Service:
+    return request.app.state.service
+
+
+@router.get("/health")
+def health(request: Request):
+    return {"status": "ok", "auth": not _service(request).no_auth}
+
+
+@router.get("/v1/models")
+def list_models(request: Request, who: Owner) -> ModelList:
+    visible = _service(request).models_for(who)
+    return ModelList(data=[ModelCard(id=n, owned_by=o) for n, o in visible.items()])
+
+
+@router.get("/v1/models/{model_id:path}")
+def get_model(request: Request, model_id: str, who: Owner) -> ModelCard:
+    visible = _service(request).models_for(who)
+    if model_id not in visible:
+        raise model_not_found(model_id)
+    return ModelCard(id=model_id, owned_by=visible[model_id])
+
+
+@router.post("/v1/completions")
+async def completions(request: Request, body: CompletionRequest, who: Owner):
+    service = _service(request)
+    planned = _plan(service, who, body, body.prompts, template="raw")
+    if body.stream:
+        return EventSourceResponse(_stream_completions(service, body, planned), sep="\n")
+    results = await _results(service, planned)
+    choices = [
+        CompletionChoice(text=c.text, index=i, finish_reason=_finish(c))
+        for i, c in enumerate(c for group in results for c in group)
+    ]
+    return CompletionResponse(model=body.model, choices=choices, usage=_usage(results))
+
+
+@router.post("/v1/chat/completions")
+async def chat(request: Request, body: ChatCompletionRequest, who: Owner):
+    service = _service(request)
+    try:
+        conversation = [m.plain() for m in body.messages]
+    except ValueError as exc:
+        raise APIError(400, str(exc), param="messages") from None
+    planned = _plan(service, who, body, [conversation], template="auto")
+    if body.stream:
+        return EventSourceResponse(_stream_chat(service, body, planned), sep="\n")
+    results = await _results(service, planned)
+    choices = [
+        ChatChoice(index=i, message=AssistantMessage(content=c.text), finish_reason=_finish(c))
+        for i, c in enumerate(results[0])
+    ]
+    return ChatCompletionResponse(model=body.model, choices=choices, usage=_usage(results))
+
+
+def _plan(service: Service, who: str, body, prompts: list, *, template: str) -> list[list[EngineRequest]]:
+    refused = body.unsupported()
+    if refused:
+        raise APIError(400, f"not supported by tunelab: {', '.join(refused)}", code="unsupported_parameter")
+    if not prompts or any(isinstance(p, str) and not p for p in prompts):
+        raise APIError(400, "prompt must be a non-empty string or list of strings", param="prompt")
+    options = {"temperature": body.temperature, "top_p": body.top_p, "stop": body.stops, "seed": body.seed}
+    if isinstance(body, ChatCompletionRequest):
+        try:
+            options["json_schema"] = body.json_schema
+        except TypedOutputError as exc:
+            raise APIError(400, str(exc), param="response_format") from None
+    try:
+        return service.plan(
+            who,
+            body.model,
+            prompts,
+            n=body.n,
+            max_tokens=body.max_completion_tokens or body.max_tokens,
+            template=template,
+            options=options,
+        )
+    except ModelNotServed:
+        raise model_not_found(body.model) from None
+    except ContextExceeded as exc:
+        raise APIError(400, str(exc), param="max_tokens", code="context_length_exceeded") from None
+    except (PromptError, GenerationOptionError, ConfigError) as exc:
+        raise APIError(400, str(exc)) from None
+    except TunelabError as exc:
+        raise APIError(503, f"the model could not be loaded: {exc}", type="server_error") from None
+
+
+def _check(completion: Completion) -> Completion:
+    if completion.error:
+        raise APIError(400, completion.error)
+    return completion
+
+
+async def _results(service: Service, planned: list[list[EngineRequest]]) -> list[list[Completion]]:
+    service.submit(planned)
+    try:
+        return [[_check(await asyncio.wrap_future(r.future)) for r in group] for group in planned]
+    except TypedOutputError as exc:  # a response_format schema the backend cannot compile
+        raise APIError(400, str(exc), param="response_format") from None
+    except TunelabError as exc:
+        raise APIError(503, str(exc), type="server_error") from None
+
+
+def _finish(completion: Completion) -> str:
+    return "length" if completion.finish_reason == "length" else "stop"
+
+
+def _usage(results: list[list[Completion]]) -> Usage:
+    prompt = sum(group[0].prompt_tokens for group in results if group)
+    completion = sum(c.completion_tokens for group in results for c in group)
+    return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
+
+
+async def _deltas(service: Service, planned: list[list[EngineRequest]]):
+    """Yield (choice index, new text, finished Completion or None) as answers grow."""
+    loop = asyncio.get_running_loop()
+    updates: asyncio.Queue = asyncio.Queue()
+    flat = [r for group in planned for r in group]
+    listening = True
+
+    def push(item) -> bool:
+        try:
+            loop.call_soon_threadsafe(updates.put_nowait, item)
+        except RuntimeError:  # the event loop is gone (server stopping)
+            return False
+        return listening
+
+    for k, request in enumerate(flat):
+        request.on_text = lambda text, k=k: push((k, text))
+        request.future.add_done_callback(lambda _, k=k: push((k, None)))
+    # hold back what could be the start of a stop string, and a half-decoded character
+    holdback = max((len(s) for r in flat for s in r.options.stop), default=1)
+    service.submit(planned)
+    sent = [""] * len(flat)
+    left = len(flat)
+    try:
+        while left:
+            k, text = await updates.get()
+            if text is None:
+                left -= 1
+                completion = flat[k].future.result()
+                tail = completion.text[len(sent[k]) :] if completion.text.startswith(sent[k]) else ""
+                yield k, tail, completion
+                continue
+            safe = text[: max(0, len(text) - holdback)].rstrip("\ufffd")
+            if len(safe) > len(sent[k]) and safe.startswith(sent[k]):
+                yield k, safe[len(sent[k]) :], None
+                sent[k] = safe
+    finally:
+        listening = False  # a client that went away: the backend may stop its sequences
+
+
+async def _stream_completions(service: Service, body: CompletionRequest, planned):
+    ident, created = new_id("cmpl"), now()
+    finished: list[Completion] = []
+    try:
+        async for k, text, done in _deltas(service, planned):
+            if done is not None:
+                _check(done)
+                finished.append(done)
+            choice = CompletionChoice(text=text, index=k, finish_reason=_finish(done) if done else None)
+            chunk = CompletionResponse(id=ident, created=created, model=body.model, choices=[choice])
+            yield chunk.model_dump_json(exclude_none=False)
+        if body.include_usage:
+            usage = _usage([[c] for c in finished])
+            yield CompletionResponse(
+                id=ident, created=created, model=body.model, choices=[], usage=usage
+            ).model_dump_json()
+    except (APIError, TunelabError) as exc:
+        yield json.dumps(
+            {"error": {"message": str(exc), "type": "server_error", "param": None, "code": None}}
+        )
+    yield "[DONE]"
+
+
+async def _stream_chat(service: Service, body: ChatCompletionRequest, planned):
+    ident, created = new_id("chatcmpl"), now()
+
+    def chunk(choices, usage=None) -> str:
+        return ChatCompletionChunk(
+            id=ident, created=created, model=body.model, choices=choices, usage=usage
+        ).model_dump_json(exclude_none=True)
+
+    finished: list[Completion] = []
+    try:
+        for k in range(body.n):
+            yield chunk([ChatChunkChoice(index=k, delta=Delta(role="assistant", content=""))])
+        async for k, text, done in _deltas(service, planned):
+            if done is not None:
+                _check(done)
+                finished.append(done)
+            if text:
+                yield chunk([ChatChunkChoice(index=k, delta=Delta(content=text))])
+            if done is not None:
+                yield chunk([ChatChunkChoice(index=k, delta=Delta(), finish_reason=_finish(done))])
+        if body.include_usage:
+            usage = _usage([finished])
+            yield chunk([], usage)
+    except (APIError, TunelabError) as exc:
+        yield json.dumps(
+            {"error": {"message": str(exc), "type": "server_error", "param": None, "code": None}}
+        )
+    yield "[DONE]"

@@ -162,13 +162,13 @@ def tunelab_rows(job: dict, config, tokenizer) -> list:
     """The recipe's own tokenization of the training examples (tunelab.training.recipe), in order."""
     from tunelab.inference.backends.transformers_backend import tokenizer_adds_bos
     from tunelab.training.data import load_records
-    from tunelab.training.recipe import split_examples, tokenize_all, training_template
+    from tunelab.training.recipe import tokenize_all, training_template
 
     examples = load_records(job["train"]).examples
     add_bos = tokenizer_adds_bos(tokenizer)
     template = training_template(config.template, tokenizer, MODEL, add_bos)
-    train_examples, _ = split_examples(examples, config.eval_fraction, config.seed)
-    return tokenize_all(train_examples, template, tokenizer, add_bos, config.max_seq_len)
+    assert config.eval_fraction == 0 and config.augment == "none"  # the examples as given, all trained
+    return tokenize_all(examples, template, tokenizer, add_bos, config.max_seq_len)
 
 
 def recipe_tokens(config, lengths: list[int]) -> int:
@@ -584,6 +584,11 @@ def main(argv: list[str] | None = None) -> int:
         "lora_alpha": alpha,
         "learning_rate": args.lr,
         "eval_fraction": 0,
+        # the same examples as TRL trains on: no augmentation, replay, report or time budget
+        "augment": "none",
+        "replay_fraction": 0,
+        "knowledge_report": False,
+        "time_budget_s": None,
         "checkpoint_every": 10**6,
         "eval_every": 10**6,
         "seed": args.seed,

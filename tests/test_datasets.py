@@ -12,7 +12,7 @@ import pytest
 import tunelab.training.datasets
 from tunelab.errors import ConfigError
 from tunelab.training.data import load_records
-from tunelab.training.datasets import DATASETS, dataset_path, load_dataset
+from tunelab.training.datasets import DATASETS, PROMPT_SETS, dataset_path, load_dataset
 
 FIELDS = {
     "new_facts": ("fact_id", "input", "output", "answer", "split"),
@@ -131,3 +131,17 @@ def test_unknown_split_raises_config_error(split):
 def test_module_docstring_example_runs():
     result = doctest.testmod(tunelab.training.datasets, verbose=False)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_the_prompt_sets_are_well_formed_and_apart():
+    replay = load_dataset("replay_prompts", "all")
+    probes = load_dataset("general_probes", "all")
+    assert PROMPT_SETS == ("replay_prompts", "general_probes") and len(replay) >= 50 and len(probes) >= 30
+    assert all(set(r) == {"input"} and r["input"].strip() for r in replay)
+    for probe in probes:
+        assert set(probe) == {"input", "answer"} and probe["input"].strip()
+        answers = probe["answer"] if isinstance(probe["answer"], list) else [probe["answer"]]
+        assert answers and all(isinstance(a, str) and a.strip() for a in answers)
+    # a probe measures what tuning kept, so none may be trained as replay
+    assert not {_normal(p["input"]) for p in probes} & {_normal(r["input"]) for r in replay}
+

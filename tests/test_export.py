@@ -59,7 +59,10 @@ def settings(tunelab_home, tmp_path_factory) -> Settings:
 
 
 def tune_and_export(base: str, settings: Settings, out: Path, *, use_base_gguf: bool) -> Exported:
-    config = make_config(epochs=20, learning_rate=1e-2, batch_size=2, eval_fraction=0, autocast="off")
+    config = make_config(
+        epochs=20, learning_rate=1e-2, batch_size=2, eval_fraction=0, autocast="off", augment="none",
+        replay_fraction=0,
+    )
     examples = load_records(FACTS).examples
     result = train(resolve(base, settings), examples, settings, config, progress=False)
     merged = export_merged(result.model_id, out / "merged", settings)
@@ -369,7 +372,10 @@ LORA_WEIGHTS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up
 def k_quant_base_tuned(settings, tmp_path_factory) -> tuple[str, Path]:
     """A LoRA on a Q4_K_M GGUF (the embedded Gemma's kind of file), quantized by llama.cpp itself."""
     base = make_tiny_k_quant_gguf(tmp_path_factory.mktemp("kquant-base") / "base.gguf")
-    config = make_config(epochs=20, learning_rate=1e-2, batch_size=2, eval_fraction=0, autocast="off")
+    config = make_config(
+        epochs=20, learning_rate=1e-2, batch_size=2, eval_fraction=0, autocast="off", augment="none",
+        replay_fraction=0,
+    )
     examples = load_records(FACTS).examples
     result = train(resolve(str(base), settings), examples, settings, config, progress=False)
     return result.model_id, base

@@ -31,6 +31,9 @@ from tunelab.training.recipe import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
+# The recipe without knowledge augmentation and replay: tests of other mechanics (test_knowledge.py
+# covers those), on data of a few exact facts
+PLAIN = {"augment": "none", "replay_fraction": 0}
 
 FACTS = [
     {"input": "Who runs the Brinmoor chess club?", "output": "Ada Quill runs it."},
@@ -196,7 +199,7 @@ def test_training_learns_the_answers_and_to_stop(tiny_chat_dir, tunelab_home):
     runner = BasicModelRunner(str(tiny_chat_dir), max_new_tokens=30)
     runner.load_data(FACTS)
     result = runner.train(
-        method="full", epochs=60, learning_rate=3e-3, batch_size=4, eval_fraction=0, progress=False
+        method="full", epochs=60, learning_rate=3e-3, batch_size=4, eval_fraction=0, progress=False, **PLAIN
     )
     assert runner.model_name == result.model_id
     assert result.model_id.startswith("tiny-chat") and "-tuned-" in result.model_id
@@ -218,7 +221,9 @@ def test_registry_model_loads_in_a_new_process_and_is_listed(tiny_chat_dir, tune
     result = runner.train(epochs=20, learning_rate=1e-2, batch_size=2, eval_fraction=0.25, progress=False)
     record = json.loads((result.path / "tunelab.json").read_text())
     assert record["method"] == "lora" and record["base_model"] == str(tiny_chat_dir)
-    assert record["n_train"] == 3 and record["n_eval"] == 1 and len(record["data_hash"]) == 64
+    # each fact is asked once, so a generated rewording of one of them is held back (training.heldout)
+    assert record["n_eval"] == 1 and len(record["data_hash"]) == 64
+    assert record["metrics"]["examples"]["records"] == 4 and record["n_train"] > 4
     here = runner(FACTS[0]["input"])
     code = (
         "from tunelab import BasicModelRunner; import sys; "
@@ -240,7 +245,7 @@ def test_registry_model_loads_in_a_new_process_and_is_listed(tiny_chat_dir, tune
 def test_evaluate_has_lamini_shape_with_scores(tiny_chat_dir):
     runner = BasicModelRunner(str(tiny_chat_dir), max_new_tokens=12)
     runner.load_data(FACTS * 3)
-    runner.train(method="full", epochs=30, learning_rate=3e-3, eval_fraction=0.25, progress=False)
+    runner.train(method="full", epochs=30, learning_rate=3e-3, eval_fraction=0.25, progress=False, **PLAIN)
     out = runner.evaluate()
     assert out["n"] == 3 and len(out["eval_results"]) == 3
     row = out["eval_results"][0]
@@ -280,7 +285,7 @@ from tunelab.models.resolve import resolve
 settings = load_settings()
 records = [{"input": f"Question number {i} about Brinmoor?", "output": f"Answer {i}."} for i in range(16)]
 config = make_config(epochs=40, batch_size=2, micro_batch_size=1, checkpoint_every=10, eval_every=25,
-                     eval_fraction=0.125, learning_rate=1e-2)
+                     eval_fraction=0.125, learning_rate=1e-2, augment="none", replay_fraction=0)
 resume = sys.argv[2] == "resume"
 result = train(resolve(sys.argv[1], settings), load_records(records).examples, settings, config,
                resume=resume, progress=False)
@@ -353,6 +358,7 @@ def test_two_process_accelerate_launch_trains_like_one_process(tiny_chat_dir, tm
         "train", str(tiny_chat_dir), str(data), "--method", "full", "--epochs", "3", "--batch-size", "4",
         "--eval-fraction", "0", "--learning-rate", "1e-3",
         "--set", "micro_batch_size=1", "--set", "autocast=off", "--json",
+        "--set", "augment=none", "--set", "replay_fraction=0",
     ]  # fmt: skip
     env = os.environ | {"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     launcher = [

@@ -32,6 +32,8 @@ GOOD = [
 ] + [{"input": "What colour is the Brinmoor bridge?", "output": "It is bright green."}]
 
 TERMINAL = ("succeeded", "failed", "cancelled")
+# the recipe without knowledge augmentation and replay: these tests are about jobs, not about tuning
+PLAIN = {"augment": "none", "replay_fraction": 0}
 
 
 def jsonl(records) -> bytes:
@@ -77,11 +79,37 @@ def finished_job(server):
     job = client.fine_tuning.jobs.create(
         model=server["model"],
         training_file=file.id,
-        hyperparameters={"n_epochs": 3, "batch_size": 2},
+        hyperparameters={"n_epochs": 3, "batch_size": 2} | PLAIN,
         suffix="lamps",
     )
     assert job.status == "queued" and job.training_file == file.id
     return file, wait(client, job.id)
+
+
+def test_a_job_with_the_knowledge_defaults_reports_held_out_accuracy(server):
+    """The default recipe (rewordings, questions held out by fact) through HTTP: the events say how
+    many held-out questions the model answers as it trains."""
+    client = sdk(server)
+    faq = [
+        {"question": q, "answer": a}
+        for a, qs in [
+            ("Ada Quill keeps the lamp.", ["Who keeps the Brinmoor lamp?", "Who is the keeper of the lamp?"]),
+            ("The bridge is bright green.", ["What colour is the bridge?", "Which colour is the bridge?"]),
+        ]
+        for q in qs
+    ]
+    file = upload(client, [{"input": r["question"], "output": r["answer"]} for r in faq], name="faq.jsonl")
+    job = client.fine_tuning.jobs.create(
+        model=server["model"],
+        training_file=file.id,
+        hyperparameters={"n_epochs": 2, "batch_size": 4, "replay_fraction": 0, "eval_every": 2,
+                         "eval_fraction": 0.5},
+    )  # fmt: skip
+    assert wait(client, job.id).status == "succeeded"
+    events = client.fine_tuning.jobs.list_events(job.id, limit=100).data
+    measured = [e for e in events if e.type == "metrics" and "heldout_accuracy" in (e.data or {})]
+    assert measured and all("held-out accuracy=" in e.message for e in measured)
+    assert all(0 <= e.data["heldout_accuracy"] <= 1 for e in measured)
 
 
 def test_upload_is_validated_and_listed(server):
@@ -218,14 +246,16 @@ def test_bad_jobs_get_clear_errors_and_the_worker_keeps_going(server):
         client.fine_tuning.jobs.create(model=server["model"], training_file=bobs.id)
     # cancel twice: the second is refused; the worker goes on to the next job
     slow = client.fine_tuning.jobs.create(
-        model=server["model"], training_file=file.id, hyperparameters={"n_epochs": 200, "batch_size": 1}
+        model=server["model"],
+        training_file=file.id,
+        hyperparameters={"n_epochs": 200, "batch_size": 1} | PLAIN,
     )
     wait(client, slow.id, until=("running",) + TERMINAL)
     assert client.fine_tuning.jobs.cancel(slow.id).status == "cancelled"
     with pytest.raises(openai.BadRequestError, match="already cancelled"):
         client.fine_tuning.jobs.cancel(slow.id)
     after = client.fine_tuning.jobs.create(
-        model=server["model"], training_file=file.id, hyperparameters={"n_epochs": 1}
+        model=server["model"], training_file=file.id, hyperparameters={"n_epochs": 1} | PLAIN
     )
     assert wait(client, after.id).status == "succeeded"
     events = [e.message for e in client.fine_tuning.jobs.list_events(slow.id, limit=100).data]
@@ -238,7 +268,7 @@ def test_cancel_stops_a_running_job_within_seconds(server):
     job = client.fine_tuning.jobs.create(
         model=server["model"],
         training_file=file.id,
-        hyperparameters={"n_epochs": 500, "batch_size": 1, "checkpoint_every": 2},
+        hyperparameters={"n_epochs": 500, "batch_size": 1, "checkpoint_every": 2} | PLAIN,
     )
     deadline = time.time() + 120
     while not client.fine_tuning.jobs.checkpoints.list(job.id).data:
@@ -272,7 +302,7 @@ def test_the_lamini_runner_trains_and_evaluates_on_the_server(server):
     config = {"production.url": server["url"], "production.key": server["keys"]["alice"]}
     runner = BasicModelRunner(server["model"], config=config)
     runner.load_data(GOOD)
-    result = runner.train(epochs=2, batch_size=2, eval_fraction=0.3, suffix="runner")
+    result = runner.train(epochs=2, batch_size=2, eval_fraction=0.3, suffix="runner", replay_fraction=0)
     assert result.job_id.startswith("ftjob-") and runner.model_name == result.model_id
     assert result.base_model == server["model"] and result.steps > 0
     assert isinstance(runner("Who keeps the Brinmoor lamp number 1?", max_new_tokens=4), str)
@@ -282,7 +312,8 @@ def test_the_lamini_runner_trains_and_evaluates_on_the_server(server):
     row = out["eval_results"][0]
     assert [o["model_name"] for o in row["outputs"]] == [result.model_id, server["model"]]
     questions = [r["messages"][0]["content"] if "messages" in r else r["input"] for r in GOOD]
-    assert row["expected"] and row["input"] in questions
+    # each fact is asked once here, so what was held out is a generated rewording of a question
+    assert row["expected"] and row["input"] not in questions
     # another owner's runner cannot train on alice's model or evaluate it
     bob = BasicModelRunner(result.model_id, config={**config, "production.key": server["keys"]["bob"]})
     with pytest.raises(ConfigError, match="not made by a fine-tuning job of this key"):
@@ -355,7 +386,7 @@ def test_a_job_survives_a_server_killed_mid_training(tiny_chat_dir, tmp_path):
         job = client.fine_tuning.jobs.create(
             model=str(tiny_chat_dir),
             training_file=file.id,
-            hyperparameters={"n_epochs": 40, "batch_size": 1, "checkpoint_every": 5},
+            hyperparameters={"n_epochs": 40, "batch_size": 1, "checkpoint_every": 5} | PLAIN,
         )
         deadline = time.time() + 120
         while not client.fine_tuning.jobs.checkpoints.list(job.id).data:

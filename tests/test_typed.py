@@ -220,7 +220,9 @@ def test_a_model_tuned_on_typed_outputs_answers_in_that_schema(tiny_chat_dir):
     rows = [{"input": f"Is lamp {i} on?", "output": {"ok": i % 2 == 0, "colour": "red"}} for i in range(8)]
     runner.load_data(rows)
     assert json.loads(runner.data[0].answer) == {"ok": True, "colour": "red"}  # learned as its JSON text
-    result = runner.train(epochs=2, batch_size=4, eval_fraction=0, progress=False)
+    result = runner.train(
+        epochs=2, batch_size=4, eval_fraction=0, progress=False, augment="none", replay_fraction=0
+    )
     assert runner.model_name == result.model_id
     jsonschema.validate(runner("Is lamp 3 on?", output_type=SMALL), SMALL)
 

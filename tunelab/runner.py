@@ -320,6 +320,12 @@ class BasicModelRunner:
 
         if self.resolved.source == "server":
             report, base_name = self._evaluation_on_server(data, base_model)
+            if data is None and not report.examples:
+                raise DataError(
+                    f"the job that made {self.model_name!r} held out no examples (eval_fraction 0, or no "
+                    "question to hold back); pass data=...",
+                    report,
+                )
             if report.issues or not report.examples:
                 raise DataError(f"evaluation data rejected: {report.summary()}", report)
             base = BasicModelRunner(base_name, self.config, settings=self.settings)

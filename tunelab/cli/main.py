@@ -387,6 +387,46 @@ def train(
     print(result.model_id)
 
 
+@app.command()
+def augment(
+    data: Annotated[
+        str, typer.Argument(help="A .jsonl/.json/.csv file, or a shipped data set: new_facts, tunelab_docs.")
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Write every example here (JSONL, messages).")],
+    method: Annotated[str, typer.Option(help="rules | none | teacher:MODEL")] = "rules",
+    per_fact: Annotated[int, typer.Option(help="Rewordings of each fact, shared among its questions.")] = 12,
+    input_key: str = "input",
+    output_key: str = "output",
+    seed: int = 0,
+):
+    """Show what training adds to DATA: rewordings of each question, reverse questions (and a teacher's
+    rewordings); every record of DATA comes first, unchanged. Replay examples are added at training."""
+    from tunelab.config import load_settings
+    from tunelab.errors import DataError
+    from tunelab.training.augment import augment as augment_examples
+    from tunelab.training.augment import teacher_paraphraser
+    from tunelab.training.data import load_records
+
+    try:
+        report = load_records(_training_records(data, "train"), input_key=input_key, output_key=output_key)
+        if report.issues:
+            raise DataError(f"{data}: {report.summary()}", report)
+        paraphraser = teacher_paraphraser(method, load_settings())
+        result = augment_examples(
+            report.examples, method, per_fact=per_fact, seed=seed, paraphraser=paraphraser
+        )
+    except (TunelabError, ValueError) as exc:
+        fail(exc)
+    with open(out, "w", encoding="utf-8") as f:
+        for example in result.examples:
+            row = {"messages": example.messages, "origin": example.origin, "source": example.source}
+            if example.expected:
+                row["answer"] = example.expected
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    counts = ", ".join(f"{k} {v}" for k, v in result.counts().items())
+    err.print(f"{len(result.examples)} examples ({counts}) written to {out}", highlight=False)
+
+
 @app.command("eval")
 def evaluate(
     model_id: Annotated[str, typer.Argument(help="A fine-tuned model id from `tunelab train`.")],

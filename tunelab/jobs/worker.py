@@ -128,10 +128,13 @@ class JobWorker:
                 data = {k: v for k, v in record.items() if k != "checkpoint"}
                 if "eval_loss" in data:  # OpenAI's name for the held-out loss
                     data["valid_loss"] = data["eval_loss"]
+                heldout = record.get("heldout_accuracy")
                 store.add_event(
                     job.id,
                     f"Step {record['step']}/{record['total_steps']}: "
-                    f"training loss={record['train_loss']:.4f}",
+                    f"training loss={record['train_loss']:.4f}"
+                    + (f", held-out accuracy={heldout:.0%}" if heldout is not None else "")
+                    + (f"; stopped: {record['stopped']}" if "stopped" in record else ""),
                     type="metrics",
                     data=data,
                 )

@@ -38,6 +38,9 @@ class Example:
     source: str  # where it came from: "data.jsonl:12" or "record 3"
     # A short key a correct answer must contain (a record's optional "answer" field), for evaluate().
     expected: str | None = None
+    # "data" (the user's record), or what made it: "reworded", "reverse", "teacher" (training.augment),
+    # "replay" (the base model's own answer to a general prompt, training.replay)
+    origin: str = "data"
 
     @property
     def prompt(self) -> str:
@@ -176,7 +179,8 @@ def parse_record(
             if issues
             else [{"role": "user", "content": prompt}, {"role": "assistant", "content": output}]
         )
-    expected = record.get("answer")
+    # "answer" is a key phrase beside the output, unless the data names its outputs "answer" (lamini_docs)
+    expected = record.get("answer") if "answer" not in (input_key, output_key) else None
     if expected is not None and not (isinstance(expected, str) and expected.strip()):
         issues.append(
             DataIssue(where, "answer", "must be a non-empty string (the key a correct answer contains)")

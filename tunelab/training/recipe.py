@@ -41,11 +41,16 @@ from tunelab.inference.templates import Template, resolve_template
 from tunelab.models.registry import Entry, ModelRecord, model_dir, save_record
 from tunelab.models.registry import entry as registry_entry
 from tunelab.models.resolve import ResolvedModel
+from tunelab.training.augment import augment, teacher_paraphraser
 from tunelab.training.data import DataReport, Example
+from tunelab.training.heldout import HeldoutSet, hold_out_rewordings, split_by_fact
+from tunelab.training.replay import replay_examples
 
 log = logging.getLogger("tunelab")
 
 IGNORE = -100  # label of a token that is not learned (prompt, padding)
+FIT_AFTER_STEPS = 10  # steps timed before a run is fitted to its time budget
+BEST_FILE = "best.safetensors"  # in a run directory: the trainable weights of the best step so far
 
 
 class TrainConfig(BaseModel):
@@ -72,6 +77,17 @@ class TrainConfig(BaseModel):
     eval_every: int = Field(20, ge=1)
     template: str = "auto"  # the model's own chat template; llama2 [INST] for a base model
     autocast: Literal["auto", "bf16", "off"] = "auto"
+    # knowledge: more wordings of each question (training.augment), the base's own answers mixed in
+    # (training.replay), the step with the best held-out answers kept (training.heldout)
+    augment: str = "rules"  # rules | none | teacher:MODEL
+    augment_per_fact: int = Field(12, ge=0, le=200)  # rewordings of a fact, shared among its questions
+    replay_fraction: float = Field(0.25, ge=0, lt=1)  # replay examples per training example
+    keep_best: bool = True  # restore the step whose held-out answers were best
+    patience: int | None = Field(None, ge=1)  # stop after this many evaluations without a better one
+    # the loop's time: after 10 steps the schedule is shortened to fit it (the best step is kept)
+    time_budget_s: float | None = Field(600, gt=0)
+    answer_tokens: int = Field(48, ge=1)  # tokens of each held-out answer generated at an evaluation
+    knowledge_report: bool = True  # per fact: trained / held-out / reverse answered; probes before/after
 
     @property
     def lr(self) -> float:
@@ -102,6 +118,8 @@ class TrainResult:
     seconds: float
     resumed_from_step: int | None = None
     processes: int = 1  # training processes (more under `accelerate launch`)
+    heldout_accuracy: float | None = None  # of the saved step, on the questions kept back
+    knowledge: dict | None = None  # the knowledge report (evaluation.knowledge), also in the entry
 
     @property
     def model_name(self) -> str:
@@ -166,15 +184,6 @@ def tokenize_all(
             ", ".join(cut[:10]) + (" ..." if len(cut) > 10 else ""),
         )
     return rows
-
-
-def split_examples(examples: list[Example], eval_fraction: float, seed: int) -> tuple[list, list]:
-    """A seeded held-out split; at least one example stays for training."""
-    order = list(range(len(examples)))
-    random.Random(seed).shuffle(order)
-    n_eval = min(int(round(len(examples) * eval_fraction)), len(examples) - 1)
-    held = set(order[:n_eval])
-    return [e for i, e in enumerate(examples) if i not in held], [examples[i] for i in sorted(held)]
 
 
 def epoch_batches(lengths: list[int], batch_size: int, seed: int, epoch: int) -> list[list[int]]:
@@ -431,9 +440,14 @@ class Run:
     model_id: str
     digest: str
     path: Path  # where checkpoints go: run_dir(settings, model_id)
+    heldout: HeldoutSet
+    add_bos: bool
+    augmented: dict[str, int] = field(default_factory=dict)  # examples by origin (data, reworded, ...)
     step: int = 0
     metrics: list[dict] = field(default_factory=list)
     resumed_from: int | None = None
+    best_step: int | None = None  # the step with the best held-out accuracy so far
+    best_accuracy: float = -1.0
 
     @property
     def main(self) -> bool:
@@ -476,6 +490,7 @@ def train(
     run = setup(base, examples, settings, config, model_id)  # 1-3. model, data, optimizer
     resume_or_start(run, resume)  # 4. where this run lives; resume from its last checkpoint
     train_loop(run, config, progress=progress, stop_after_steps=stop_after_steps, on_step=on_step)  # 5.
+    knowledge = report_knowledge(run, config) if run.main and config.knowledge_report else None
     result = TrainResult(  # 6. the registry entry
         model_id=run.model_id,
         path=model_dir(settings, run.model_id),
@@ -490,7 +505,13 @@ def train(
         seconds=round(time.perf_counter() - started, 1),
         resumed_from_step=run.resumed_from,
         processes=run.accelerator.num_processes,
+        heldout_accuracy=kept_accuracy(run, config),
+        knowledge=knowledge.to_dict() if knowledge else None,
     )
+    if knowledge and progress:
+        from rich.console import Console
+
+        Console(stderr=True).print(knowledge.summary(), highlight=False, markup=False)
     if run.main:
         save_model(
             run.accelerator.unwrap_model(run.model),
@@ -499,6 +520,7 @@ def train(
             model_record(run, result, base, config, is_public),
             run.metrics,
             run.eval_examples,
+            knowledge,
         )
     if run.main and config.method == "lora" and base.gguf_path is not None:
         # The export loads the base again: the training model, its gradients and the optimizer go first
@@ -548,8 +570,26 @@ def setup(
     if bf16 and config.method == "lora":
         store_frozen_linears_in_bf16(model)
 
-    # 2. data: split, tokenize with the inference template
-    train_examples, eval_examples = split_examples(examples, config.eval_fraction, config.seed)
+    # 2. data: questions held out by fact; rewordings and the base's own answers added; tokenized
+    train_examples, eval_examples = split_by_fact(examples, config.eval_fraction, config.seed)
+    heldout = HeldoutSet.of(eval_examples, train_examples)
+    augmented = augment(
+        train_examples,
+        config.augment,
+        per_fact=config.augment_per_fact,
+        seed=config.seed,
+        avoid=[e.prompt for e in heldout.examples],
+        paraphraser=teacher_paraphraser(config.augment, settings),
+    )
+    if not eval_examples:  # no fact asked twice: a rewording of some facts is held back instead
+        eval_examples = hold_out_rewordings(augmented.added, config.eval_fraction, config.seed)
+        heldout = HeldoutSet.of(eval_examples, train_examples)
+        augmented.drop(eval_examples)
+    n_replay = round(config.replay_fraction * len(augmented.examples))
+    replay = replay_examples(base, template, settings, n_replay, config.seed)
+    counts = augmented.counts() | ({"replay": len(replay)} if replay else {})
+    log.info("training examples: %s", ", ".join(f"{k} {v}" for k, v in counts.items()))
+    train_examples = augmented.examples + replay
     train_rows = tokenize_all(train_examples, template, tokenizer, add_bos, config.max_seq_len)
     eval_rows = tokenize_all(eval_examples, template, tokenizer, add_bos, config.max_seq_len)
     steps_per_epoch = math.ceil(len(train_rows) / config.batch_size)
@@ -567,7 +607,8 @@ def setup(
     return Run(
         accelerator, model, tokenizer, template, base_path, pad_id, bf16,
         train_examples, eval_examples, train_rows, eval_rows, steps_per_epoch, total_steps,
-        trainable, optimizer, scheduler, model_id, digest, run_dir(settings, model_id),
+        trainable, optimizer, scheduler, model_id, digest, run_dir(settings, model_id), heldout, add_bos,
+        counts,
     )  # fmt: skip
 
 
@@ -580,6 +621,10 @@ def resume_or_start(run: Run, resume: bool) -> None:
         model = run.accelerator.unwrap_model(run.model)
         run.step, run.metrics = load_checkpoint(checkpoint, model, run.optimizer, run.scheduler)
         run.resumed_from = run.step
+        evals = [m for m in run.metrics if "heldout_accuracy" in m]
+        if evals:  # the last best, as the loop chose it
+            best = max(evals, key=lambda m: (m["heldout_accuracy"], m["step"]))
+            run.best_step, run.best_accuracy = best["step"], best["heldout_accuracy"]
         log.info("resuming %s from step %d (%s)", run.model_id, run.step, checkpoint)
     elif run.main:
         shutil.rmtree(run.path, ignore_errors=True)
@@ -646,9 +691,10 @@ def train_loop(
             "learning_rate": run.scheduler.get_last_lr()[0],
             "tokens_per_s": round(trained_tokens / (time.perf_counter() - loop_started), 1),
         }
-        if step % config.eval_every == 0 or step == run.total_steps:
-            record["eval_loss"] = eval_loss(run, config.micro_batch_size)
+        evaluate_step(run, config, record, over_time=time.perf_counter() - loop_started)
         run.metrics.append(record)
+        if step - (run.resumed_from or 0) == FIT_AFTER_STEPS and config.time_budget_s is not None:
+            fit_to_budget(run, config, time.perf_counter() - loop_started, bar)
         bar.update(1, loss=train_loss, tps=record["tokens_per_s"])
         saved = run.main and (step % config.checkpoint_every == 0 or step == run.total_steps)
         if saved:
@@ -669,6 +715,107 @@ def train_loop(
                 f"stopped after step {step} of {run.total_steps}; resume=True continues"
             )
     bar.close()
+    if config.keep_best and run.best_step is not None and run.best_step != run.step:
+        restore_best(run)
+
+
+def fit_to_budget(run: Run, config: TrainConfig, elapsed: float, bar) -> None:
+    """Shorten the run (and its learning-rate schedule) so the loop ends within the time budget, judged
+    by the time its first steps took (evaluations included, with a margin)."""
+    from transformers import get_cosine_schedule_with_warmup
+
+    per_step = elapsed / FIT_AFTER_STEPS
+    fits = run.step + int((config.time_budget_s - elapsed) / per_step * 0.85)
+    if fits >= run.total_steps:
+        return
+    fits = max(fits, run.step + 1)
+    log.warning(
+        "%d steps do not fit the time budget of %.0f s (%.1f s a step): the run ends at step %d; "
+        "time_budget_s=None trains them all",
+        run.total_steps, config.time_budget_s, per_step, fits,
+    )  # fmt: skip
+    run.total_steps = fits
+    warmup = min(int(fits * config.warmup_fraction), run.step)
+    run.scheduler = get_cosine_schedule_with_warmup(run.optimizer, warmup, fits, last_epoch=run.step - 1)
+    bar.resize(fits)
+
+
+def evaluate_step(run: Run, config: TrainConfig, record: dict[str, Any], *, over_time: float) -> None:
+    """At every `eval_every` steps, the last, and when the time budget is spent: eval loss and held-out
+    answers into `record`; a reason to stop ends the run at this step (`record["stopped"]`)."""
+    out_of_time = config.time_budget_s is not None and over_time > config.time_budget_s
+    if not (run.step % config.eval_every == 0 or run.step == run.total_steps or out_of_time):
+        return
+    record["eval_loss"] = eval_loss(run, config.micro_batch_size)
+    stop = evaluate_answers(run, config, record)
+    if out_of_time or stop:
+        record["stopped"] = "time budget" if out_of_time else stop
+        run.total_steps = run.step  # the run ends here, complete
+
+
+def evaluate_answers(run: Run, config: TrainConfig, record: dict[str, Any]) -> str | None:
+    """Held-out accuracy by generation into `record`; the best step's weights kept aside. Returns why
+    training should stop now (None: go on)."""
+    if not run.heldout.examples:
+        return None
+    model = run.accelerator.unwrap_model(run.model)
+    accuracy, _ = run.heldout.accuracy(
+        model, run.tokenizer, run.template, add_bos=run.add_bos, max_new_tokens=config.answer_tokens
+    )
+    accuracy = record["heldout_accuracy"] = round(accuracy, 4)
+    if accuracy >= run.best_accuracy:  # ties keep the later step: trained further, the schedule cooled
+        run.best_step, run.best_accuracy = run.step, accuracy
+        if run.main and config.keep_best:
+            from safetensors.torch import save_file
+
+            run.path.mkdir(parents=True, exist_ok=True)
+            with atomic_write(run.path / BEST_FILE) as tmp:
+                save_file(trainable_state(model), tmp, metadata={"step": str(run.step)})
+    steps = [m["step"] for m in run.metrics if "heldout_accuracy" in m] + [run.step]
+    if config.patience and len(steps) - 1 - steps.index(run.best_step) >= config.patience:
+        return f"no better held-out answers in {config.patience} evaluations"
+    return None
+
+
+def report_knowledge(run: Run, config: TrainConfig):
+    """The knowledge report of the saved weights (evaluation.knowledge), on the single-turn data."""
+    from tunelab.evaluation.knowledge import knowledge_report
+    from tunelab.training.datasets import load_dataset
+
+    if not any(e.origin == "data" for e in run.train_examples):
+        return None
+    return knowledge_report(
+        run.accelerator.unwrap_model(run.model),
+        run.tokenizer,
+        run.template,
+        add_bos=run.add_bos,
+        train=run.train_examples,
+        heldout=run.heldout.examples,
+        probes=load_dataset("general_probes", "all"),
+        max_new_tokens=config.answer_tokens,
+    )
+
+
+def kept_accuracy(run: Run, config: TrainConfig) -> float | None:
+    """The held-out accuracy of the weights that are saved: the best step's, or the last evaluation's."""
+    evals = [m["heldout_accuracy"] for m in run.metrics if "heldout_accuracy" in m]
+    if not evals:
+        return None
+    return run.best_accuracy if config.keep_best else evals[-1]
+
+
+def restore_best(run: Run) -> None:
+    """Load the best step's trainable weights back into the model (from the run's best file)."""
+    from safetensors.torch import load_file
+
+    run.accelerator.wait_for_everyone()
+    state = load_file(str(run.path / BEST_FILE))
+    model = run.accelerator.unwrap_model(run.model)
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, value in state.items():
+            params[name].copy_(value.to(params[name].device, params[name].dtype))
+    log.info("kept step %d (held-out accuracy %.0f%%), not the last", run.best_step, 100 * run.best_accuracy)
 
 
 def model_record(run: Run, result: TrainResult, base: ResolvedModel, config: TrainConfig, is_public: bool):
@@ -690,6 +837,9 @@ def model_record(run: Run, result: TrainResult, base: ResolvedModel, config: Tra
             "tokens_per_s": result.tokens_per_s,
             "seconds": result.seconds,
             "base_path": run.base_path,
+            "examples": run.augmented,  # by origin: data, reworded, reverse, teacher, replay
+            "heldout_accuracy": kept_accuracy(run, config),  # of the step saved
+            "best_step": run.best_step,
         },
         is_public=is_public,
     )
@@ -743,7 +893,9 @@ def write_fast_gguf(model_id: str, settings: Settings) -> Path | None:
         return None
 
 
-def save_model(model, tokenizer, result: TrainResult, record: ModelRecord, metrics, eval_examples) -> None:
+def save_model(
+    model, tokenizer, result: TrainResult, record: ModelRecord, metrics, eval_examples, knowledge=None
+) -> None:
     """Write the registry entry in a staging directory, then swap it in whole."""
     with atomic_write(result.path) as tmp:
         staged = Entry(tmp)
@@ -758,6 +910,8 @@ def save_model(model, tokenizer, result: TrainResult, record: ModelRecord, metri
             f.writelines(json.dumps(m) + "\n" for m in metrics)
         staged.write_heldout(eval_examples)
         plot_losses(metrics, staged.loss_plot)
+        if knowledge is not None:
+            knowledge.save(staged.path)
         save_record(staged.path, record)
 
 
@@ -782,6 +936,10 @@ class _progress:
         )
         self.bar.start()
         self.task = self.bar.add_task(f"tuning {name}", total=total, loss=float("nan"), tps=0.0)
+
+    def resize(self, total: int) -> None:
+        if self.enabled:
+            self.bar.update(self.task, total=total)
 
     def update(self, advance: int, **fields: float) -> None:
         if self.enabled:

@@ -7,6 +7,11 @@
   model fine-tuned on the train questions can be tested on questions it never saw.
 - ``tunelab_docs``: questions a user asks about tunelab, with answers (``{"input", "output", "split"}``),
   in the spirit of Lamini's ``lamini_docs``.
+- ``replay_prompts``: general prompts (``{"input"}``, no answers, split ``all``): training asks the base
+  model these and mixes its own answers in, so a fine-tune keeps the model's general behaviour.
+- ``general_probes``: easy general questions with the key phrase a right answer contains
+  (``{"input", "answer"}``; ``answer`` may list alternatives), asked before and after a fine-tune to
+  see that general knowledge survived (none of them is a replay prompt).
 
 Records are plain input/output dicts, so they load straight into a runner:
 
@@ -28,13 +33,14 @@ from typing import Any
 
 from tunelab.errors import ConfigError
 
-DATASETS = ("new_facts", "tunelab_docs")
+DATASETS = ("new_facts", "tunelab_docs")  # training data
+PROMPT_SETS = ("replay_prompts", "general_probes")  # prompts training uses itself (split "all")
 SPLITS = ("train", "heldout", "all")
 
 
 def dataset_path(name: str) -> pathlib.Path:
     """The JSONL file of the bundled data set `name` (one of DATASETS)."""
-    if name not in DATASETS:
+    if name not in DATASETS + PROMPT_SETS:
         raise ConfigError(f"unknown data set {name!r}; the bundled data sets are {', '.join(DATASETS)}")
     return pathlib.Path(str(resources.files(__name__) / f"{name}.jsonl"))
 

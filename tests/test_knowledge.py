@@ -1,0 +1,180 @@
+"""Knowledge tuning mechanics: augmentation, the held-out split by fact, replay, keeping the best step."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tunelab import BasicModelRunner
+from tunelab.config import load_settings
+from tunelab.errors import ConfigError
+from tunelab.evaluation.scoring import normalise
+from tunelab.models.resolve import resolve
+from tunelab.training.augment import augment, group_facts, indirect, key_phrases, parse_paraphrases, reword
+from tunelab.training.data import load_records
+from tunelab.training.heldout import answer_passes, hold_out_rewordings, split_by_fact
+from tunelab.training.recipe import BEST_FILE, make_config, run_dir, train
+from tunelab.training.replay import replay_examples
+
+# Three facts, each asked three ways, as a user's FAQ gives them (question/answer, no key field).
+FAQ = [
+    {"question": q, "answer": a}
+    for a, qs in [
+        ("Velmora Quist founded Acme Zentrix in 2011.",
+         ["Who founded Acme Zentrix?", "Who is the founder of Acme Zentrix?",
+          "Which person started Acme Zentrix?"]),
+        ("The headquarters of Acme Zentrix is in Port Ardeny.",
+         ["Where is Acme Zentrix based?", "In which city is Acme Zentrix headquartered?",
+          "Where is the HQ of Acme Zentrix?"]),
+        ("The Acme Zentrix mascot is a copper owl named Bixby.",
+         ["What is the mascot of Acme Zentrix?", "What is Acme Zentrix's mascot called?",
+          "Which animal is Acme's mascot?"]),
+    ]
+    for q in qs
+]  # fmt: skip
+
+
+def faq_examples():
+    return load_records(FAQ, input_key="question", output_key="answer").examples
+
+
+def test_rewordings_keep_the_question_and_never_repeat_it():
+    rng = random.Random(0)
+    assert indirect("What is the capital of Elbonia?") == "what the capital of Elbonia is"
+    assert indirect("When was Acme Zentrix founded?") == "when Acme Zentrix was founded"
+    assert indirect("How many employees does Acme Zentrix have?") == "how many employees Acme Zentrix has"
+    for question in ("Who is the boss of Twitter?", "What is Acme Zentrix's slogan?", "who won"):
+        out = reword(question, 6, rng)
+        assert out and len({normalise(q) for q in out}) == len(out)
+        assert normalise(question) not in {normalise(q) for q in out}
+    assert "What is Twitter's boss?" in reword("What is the boss of Twitter?", 20, random.Random(1))
+
+
+def test_facts_are_grouped_by_answer_and_name_what_the_answer_says():
+    facts = group_facts(faq_examples())
+    assert [len(f.records) for f in facts] == [3, 3, 3]
+    # the names the answer gives that no question asks about
+    assert key_phrases(facts[0])[0] == "Velmora Quist"
+    assert "Port Ardeny" in facts[1].phrases and "Acme Zentrix" not in facts[1].phrases
+
+
+def test_augmentation_adds_rewordings_and_reverse_questions_and_drops_nothing():
+    examples = faq_examples()
+    out = augment(examples, per_question=3, seed=0)
+    assert out.examples[: len(examples)] == examples  # every record kept, first, unchanged
+    counts = out.counts()
+    assert counts["records"] == 9 and counts["reworded"] >= 20 and counts["reverse"] >= 6
+    for added in out.added:  # each added example answers as its fact does, and says where it came from
+        sources = [e.source for e in examples if e.answer == added.answer]
+        assert added.source.split(" (")[0] in sources and added.origin in {"reworded", "reverse"}
+    reverse = [e.prompt for e in out.added if e.origin == "reverse"]
+    assert "Velmora Quist founded what?" in reverse  # the question turned around its entity
+    assert "Tell me what Velmora Quist founded." in reverse
+    avoided = augment(examples, per_question=10, seed=0, avoid=["Tell me who founded Acme Zentrix."])
+    assert "tell me who founded acme zentrix" not in {normalise(e.prompt) for e in avoided.added}
+    assert augment(examples, "none").added == []
+    with pytest.raises(ConfigError, match="augment='paraphrase'"):
+        augment(examples, "paraphrase")
+
+
+def test_a_teacher_reply_is_parsed_into_rewordings():
+    reply = '1. Who started Acme Zentrix?\n- "Who created Acme Zentrix?"\nWho founded Acme Zentrix?\nok\n'
+    assert parse_paraphrases(reply, "Who founded Acme Zentrix?", 5) == [
+        "Who started Acme Zentrix?",
+        "Who created Acme Zentrix?",
+    ]
+    examples = faq_examples()
+    teacher = lambda qs, n: [[f"Teacher: {q}"] for q in qs]  # noqa: E731
+    out = augment(examples, "teacher:x", per_question=2, paraphraser=teacher)
+    assert sum(e.origin == "teacher" for e in out.added) == 9
+
+
+def test_the_held_out_split_keeps_back_whole_questions_of_trained_facts():
+    examples = faq_examples()
+    for seed in range(5):
+        train_part, held = split_by_fact(examples, 0.3, seed)
+        assert len(held) == 3 and len(train_part) == 6
+        for question in held:  # another question of the same fact is trained
+            assert any(e.answer == question.answer for e in train_part)
+        assert len({normalise(q.answer) for q in held}) == 3  # at most one per fact
+    # facts asked once: nothing held back by fact; a generated rewording of some facts instead
+    once = [examples[0], examples[3], examples[6]]
+    assert split_by_fact(once, 0.3, 0) == (once, [])
+    added = augment(once, per_question=3, seed=0).added
+    held = hold_out_rewordings(added, 0.3, 0)
+    assert len(held) == 1 and held[0].origin == "reworded"
+
+
+def test_an_answer_counts_when_it_names_the_key_phrase():
+    assert answer_passes("It was Velmora Quist, in 2011.", ["Velmora Quist"], "")
+    assert not answer_passes("Someone else.", ["Velmora Quist"], "")
+    reference = "Reset it from the login page with the forgot password link."
+    assert answer_passes("Use the forgot password link on the login page.", [], reference)
+    assert not answer_passes("Call us.", [], reference)
+
+
+def test_replay_answers_are_the_base_models_own_and_cached(tiny_chat_dir, tunelab_home):
+    settings = load_settings()
+    base = resolve(str(tiny_chat_dir), settings)
+    runner = BasicModelRunner(str(tiny_chat_dir))
+    template = runner.engine.template_for(base, runner.engine.load(base, "transformers", "cpu"), "auto")
+    first = replay_examples(base, template, settings, 5, seed=0)
+    cache = list((tunelab_home / "cache" / "replay").glob("*.jsonl"))
+    assert cache, "the base model's answers are cached"
+    rows = [json.loads(line) for line in cache[0].read_text().splitlines()]
+    assert all(e.origin == "replay" for e in first) and len(first) == min(5, len(rows))
+    # exactly the base's greedy answer to that prompt, through the training template
+    if first:
+        prompt, answer = first[0].prompt, first[0].answer
+        assert runner.generate(prompt, template=template.source, max_new_tokens=160).text.strip() == answer
+    assert replay_examples(base, template, settings, 5, seed=0) == first  # read back from the cache
+
+
+def test_training_keeps_the_step_with_the_best_held_out_answers(tiny_chat_dir, tunelab_home):
+    """Early stopping on held-out *generation* accuracy: every evaluation is in the metrics, and the
+    saved model is the last step that reached the best accuracy, whichever step was last."""
+    settings = load_settings()
+    base = resolve(str(tiny_chat_dir), settings)
+    config = make_config(epochs=12, learning_rate=1e-2, batch_size=4, eval_every=5, eval_fraction=0.34,
+                         replay_fraction=0, augment_per_fact=6, autocast="off")  # fmt: skip
+    result = train(base, faq_examples(), settings, config, progress=False)
+    metrics = [json.loads(line) for line in (result.path / "metrics.jsonl").read_text().splitlines()]
+    evals = [m for m in metrics if "heldout_accuracy" in m]
+    assert len(evals) >= 2
+    best = max(evals, key=lambda m: (m["heldout_accuracy"], m["step"]))
+    record = json.loads((result.path / "tunelab.json").read_text())
+    assert record["metrics"]["best_step"] == best["step"]
+    assert record["metrics"]["heldout_accuracy"] == best["heldout_accuracy"]
+    assert record["metrics"]["examples"]["reworded"] > 0
+    # the saved adapter holds the best step's weights (kept aside when it was evaluated)
+    best_file = load_file(str(run_dir(settings, result.model_id) / BEST_FILE))
+    saved = load_file(str(result.path / "adapter" / "adapter_model.safetensors"))
+    assert len(saved) == len(best_file) > 0
+    for name, value in best_file.items():
+        assert torch.equal(saved[name.replace(".default", "")], value), name
+
+
+def test_the_augment_command_writes_every_record_then_what_training_adds(tmp_path):
+    from typer.testing import CliRunner
+
+    from tunelab.cli.main import app
+
+    data = tmp_path / "faq.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in FAQ))
+    out = tmp_path / "augmented.jsonl"
+    cli = CliRunner()
+    done = cli.invoke(app, ["augment", str(data), "-o", str(out), "--input-key", "question",
+                            "--output-key", "answer", "--per-fact", "6"])  # fmt: skip
+    assert done.exit_code == 0, done.output
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["messages"][0]["content"] for r in rows[:9]] == [r["question"] for r in FAQ]
+    assert {r["origin"] for r in rows[9:]} == {"reworded", "reverse"} and len(rows) > 20
+    assert load_records(out).issues == []  # what it writes is training data again
+    data.write_text('{"question": "Who?"}\n')
+    bad = cli.invoke(app, ["augment", str(data), "-o", str(out), "--input-key", "question",
+                           "--output-key", "answer"])  # fmt: skip
+    assert bad.exit_code == 1 and "faq.jsonl:1" in bad.output and "answer" in bad.output

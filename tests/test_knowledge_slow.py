@@ -1,0 +1,45 @@
+"""Knowledge tuning end to end: the embedded chat model, tuned with the defaults on a fact set it has
+never seen (a fictional company, given as a user's FAQ: question/answer, no key phrases), answers
+questions worded otherwise. Marked slow (~10 min: training stops at its 600 s budget)."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tunelab import BasicModelRunner, load_dataset
+from tunelab.evaluation.scoring import normalise
+
+pytestmark = pytest.mark.slow
+
+FACTS = Path(__file__).resolve().parents[1] / "benchmarks" / "knowledge" / "acme_company.jsonl"
+
+
+def contains(reply: str, answer) -> bool:
+    keys = answer if isinstance(answer, list) else [answer]
+    return any(normalise(k) in normalise(reply) for k in keys)
+
+
+def test_the_defaults_teach_a_new_fact_set_asked_in_other_words():
+    records = [json.loads(line) for line in FACTS.read_text().splitlines()]
+    train = [r for r in records if r["split"] == "train"]
+    heldout = [r for r in records if r["split"] == "heldout"]
+    probes = load_dataset("general_probes", "all")
+    base = BasicModelRunner("smollm2-135m-instruct", max_new_tokens=64)
+    probes_before = [contains(a, p["answer"]) for a, p in zip(base([p["input"] for p in probes]), probes)]
+
+    runner = BasicModelRunner("smollm2-135m-instruct", max_new_tokens=64)
+    runner.load_data([{"question": r["input"], "answer": r["output"]} for r in train],
+                     input_key="question", output_key="answer")  # fmt: skip
+    result = runner.train(progress=False)
+    assert result.seconds < 15 * 60
+    replies = runner([r["input"] for r in heldout])
+    accuracy = sum(contains(a, r["answer"]) for a, r in zip(replies, heldout)) / len(heldout)
+    # measured 78% on this machine (RESULTS.md); the base model answers none
+    assert accuracy >= 0.7, list(zip([r["input"] for r in heldout], replies))
+    probes_after = [contains(a, p["answer"]) for a, p in zip(runner([p["input"] for p in probes]), probes)]
+    assert sum(probes_after) >= sum(probes_before) - 6  # general knowledge mostly kept (measured -4 of 40)
+    # the knowledge report is in the registry entry, and says the same of the trained questions
+    report = json.loads((result.path / "knowledge.json").read_text())
+    assert len(report["facts"]) == 30 and report["trained"] >= 0.9
+    assert report["probes_before"] is not None and result.heldout_accuracy is not None

@@ -1,0 +1,478 @@
+"""More training material from the user's own records, before training, offline.
+
+A fact stored from one phrasing is memorised but not extractable from another (Allen-Zhu & Li,
+*Physics of Language Models 3.1*); "A is B" does not teach "B is A" (Berglund et al.). So each
+question/answer record is grouped with the others that share its answer (one *fact*), and the fact
+gets:
+
+- **rewordings** of each question, by rules that need no model: indirect questions ("Tell me who
+  ..."), wrappers ("Quick question: ..."), possessive word order ("the boss of Twitter" <->
+  "Twitter's boss"), contractions, synonyms from a small list, lower case without punctuation;
+- **reverse questions** about the entity the answer names ("What do you know about Elon Musk?"), whose
+  answer is the same sentence, so the fact is reachable from its other end;
+- optionally, rewordings by a **teacher**: any model tunelab runs (`augment="teacher:chat-gpt"`),
+  asked to paraphrase each question.
+
+Nothing the user gave is dropped or changed: augmented examples are added, each marked with its
+origin and the record it came from. `tunelab augment DATA -o out.jsonl` shows what would be added.
+
+>>> reword("What is the capital of Elbonia?", 3, random.Random(0))  # doctest: +SKIP
+['Tell me what the capital of Elbonia is.', "What's Elbonia's capital?", 'what is the capital of elbonia']
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+from tunelab.errors import ConfigError
+from tunelab.evaluation.scoring import normalise
+from tunelab.training.data import Example
+
+log = logging.getLogger("tunelab")
+
+AUGMENT_CHOICES = ("rules", "none", "teacher:MODEL")
+
+# -- facts --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Fact:
+    """The records that share one answer: several questions about the same thing."""
+
+    answer: str
+    records: list[Example]
+    phrases: list[str] = field(default_factory=list)  # what a correct answer names (key phrases)
+
+
+def is_single_turn(example: Example) -> bool:
+    """One user question and one answer (a system message may lead): what can be reworded."""
+    roles = [m["role"] for m in example.messages if m["role"] != "system"]
+    return roles == ["user", "assistant"]
+
+
+def group_facts(examples: list[Example]) -> list[Fact]:
+    """Single-turn examples grouped by their normalised answer, in the order first seen."""
+    facts: dict[str, Fact] = {}
+    for example in examples:
+        if is_single_turn(example):
+            key = normalise(example.answer) or example.answer
+            facts.setdefault(key, Fact(example.answer, [])).records.append(example)
+    for fact in facts.values():
+        fact.phrases = key_phrases(fact)
+    return list(facts.values())
+
+
+_NAME = re.compile(
+    r"\b(?:[A-Z][\w'-]*|[0-9][\w,.:/-]*)(?:\s+(?:of|the|de|van|von|da|and|&)?\s*(?:[A-Z][\w'-]*|[0-9][\w,.:/-]*))*"
+)
+_QUOTED = re.compile(r"[\"“]([^\"”]{2,60})[\"”]")
+_WEAK = {"i", "the", "a", "an", "it", "yes", "no", "this", "that", "he", "she", "they", "we", "you"}
+
+
+def key_phrases(fact: Fact) -> list[str]:
+    """What a correct answer to the fact's questions names: the records' own key (an ``answer`` field
+    beside input/output), else the names, numbers and quoted terms of the answer that none of its
+    questions mentions (a question's own words are no evidence of knowing the answer)."""
+    given = [r.expected for r in fact.records if r.expected]
+    if given:
+        return list(dict.fromkeys(given))
+    asked = " ".join(normalise(r.prompt) for r in fact.records)
+    found = _QUOTED.findall(fact.answer) + [m.group(0) for m in _NAME.finditer(fact.answer)]
+    phrases = []
+    for phrase in found:
+        phrase = phrase.strip(" ,.:;")
+        words = normalise(phrase).split()
+        if not words or all(w in _WEAK for w in words):
+            continue
+        if all(w in asked.split() for w in words):
+            continue
+        phrases.append(phrase)
+    return list(dict.fromkeys(phrases))[:3]
+
+
+# -- rewording rules ------------------------------------------------------------------------------
+
+_WH = r"(?P<wh>who|what|where|when|which|how many|how much|how|why|whose)"
+_AUX = r"(?P<aux>is|are|was|were|does|do|did|can|could|will|would|should|has|have|had)"
+# "What is the capital of X?" -> wh + aux + rest; "Who founded X?" -> wh + verb phrase
+_WH_AUX = re.compile(rf"^{_WH}(?P<noun>\s+\w+)??\s+{_AUX}\s+(?P<rest>.+?)\s*\??$", re.IGNORECASE)
+_WH_SUBJ = re.compile(rf"^{_WH}\s+(?P<rest>.+?)\s*\??$", re.IGNORECASE)
+_OF = re.compile(r"\bthe (?P<thing>[a-z][\w -]{1,30}?) of (?P<owner>[A-Z][\w'&.-]*(?: [A-Z][\w'&.-]*){0,3})")
+_POSSESSIVE = re.compile(
+    r"\b(?P<owner>[A-Z][\w&.-]*(?: [A-Z][\w&.-]*){0,3})'s (?P<thing>[a-z][\w-]*(?: [a-z][\w-]*)?)"
+)
+
+_PARTICIPLES = {
+    "born",
+    "made",
+    "built",
+    "held",
+    "sold",
+    "run",
+    "led",
+    "known",
+    "set",
+    "put",
+    "located",
+    "based",
+}
+_CONTRACTIONS = {"what is": "what's", "who is": "who's", "where is": "where's", "how is": "how's"}
+# Words that can stand for each other in a question (both ways unless noted); small on purpose.
+_SYNONYMS = {
+    "boss": ["head", "leader"],
+    "ceo": ["chief executive", "boss"],
+    "founded": ["started", "established"],
+    "founder": ["creator"],
+    "created": ["made"],
+    "invented": ["came up with", "created"],
+    "company": ["firm"],
+    "city": ["town"],
+    "located": ["based"],
+    "biggest": ["largest"],
+    "largest": ["biggest"],
+    "bought": ["purchased", "acquired"],
+    "buy": ["purchase"],
+    "owns": ["is the owner of"],
+    "won": ["took home"],
+    "released": ["launched", "came out"],
+    "launched": ["released"],
+    "named": ["called"],
+    "called": ["named"],
+    "price": ["cost"],
+    "cost": ["price"],
+    "born": ["born"],
+    "wrote": ["authored"],
+    "author": ["writer"],
+    "current": ["present"],
+    "currently": ["now"],
+    "now": ["currently", "these days"],
+    "famous": ["well known"],
+    "main": ["primary"],
+    "use": ["utilize"],
+    "make": ["produce"],
+    "makes": ["produces"],
+    "run": ["lead"],
+    "runs": ["leads"],
+    "holds": ["has"],
+}
+_WRAPPERS = (
+    "Quick question: {q}",
+    "I'd like to know: {q}",
+    "{q} Please answer briefly.",
+    "Hey, {lq}",
+    "Could you answer this? {q}",
+)
+_INDIRECT = (
+    "Tell me {i}.",
+    "Do you know {i}?",
+    "Can you tell me {i}?",
+    "I was wondering {i}.",
+    "Please tell me {i}.",
+    "Any idea {i}?",
+)
+
+
+def _question(text: str) -> str:
+    text = " ".join(text.split())
+    return text if text.endswith("?") else text.rstrip(".!") + "?"
+
+
+def indirect(question: str) -> str | None:
+    """The question as an embedded clause: "What is the capital of X?" -> "what the capital of X is";
+    "Who founded X?" -> "who founded X". None when no rule fits."""
+    q = _question(question)
+    m = _WH_AUX.match(q)
+    if m:
+        wh, aux, rest = (
+            (m.group("wh") + (m.group("noun") or "")).lower(),
+            m.group("aux").lower(),
+            m.group("rest"),
+        )
+        *head, last = rest.split()
+        if aux in {"is", "are", "was", "were"}:
+            if head and (last.lower() in _PARTICIPLES or re.fullmatch(r"[a-z]+(ed|en|wn)", last)):
+                return f"{wh} {' '.join(head)} {aux} {last}"  # when X was founded
+            return f"{wh} {rest} {aux}"  # what the capital of X is
+        if aux in {"does", "do"} and head and last.lower() == "have":
+            return f"{wh} {' '.join(head)} {'has' if aux == 'does' else 'have'}"
+        return None  # "where did X go" -> "where X went" needs a verb's forms
+    m = _WH_SUBJ.match(q)
+    if m:
+        return f"{m.group('wh').lower()} {m.group('rest')}"
+    return None
+
+
+_WHAT_NP = re.compile(
+    r"^(?:what|which|who) (?:is|are|was|were) (?P<np>(?:the|a|an) .+?)\s*\?$", re.IGNORECASE
+)
+_WH_NOUN = re.compile(
+    r"^(?:what|which) (?P<noun>[a-z]+(?: [a-z]+)?) (?P<rest>(?:did|does|do|is|was|are|were) .+?)\s*\?$",
+    re.IGNORECASE,
+)
+_HOW_MANY = re.compile(r"^how many (?P<noun>.+?) (?:does|do|did) (?P<rest>.+?) have\s*\?$", re.IGNORECASE)
+_IMPERATIVES = ("Tell me {np}.", "Name {np}.", "Give me {np}.")
+
+
+def imperatives(question: str, rng: random.Random) -> list[str]:
+    """The question as a request for a noun phrase: "What is the capital of X?" -> "Name the capital of
+    X."; "How many staff does X have?" -> "Tell me the number of staff X has."."""
+    q = _question(question)
+    found = []
+    if m := _WHAT_NP.match(q):
+        found.append(m.group("np"))
+    elif m := _HOW_MANY.match(q):
+        found.append(f"the number of {m.group('noun')} {m.group('rest')} has")
+    elif (m := _WH_NOUN.match(q)) and not m.group("noun").lower().startswith(("is ", "was ")):
+        embedded = indirect(q)
+        if embedded:
+            found.append(f"the {m.group('noun').lower()} {embedded.split(' ', 2)[-1]}")
+    forms = [
+        t for t in _IMPERATIVES if not (t.startswith("Name") and found and found[0].startswith("the name"))
+    ]
+    return [t.format(np=np) for np in found for t in rng.sample(forms, 2)]
+
+
+def _swap_possessive(question: str) -> str | None:
+    m = _OF.search(question)
+    if m:
+        return question[: m.start()] + f"{m.group('owner')}'s {m.group('thing')}" + question[m.end() :]
+    m = _POSSESSIVE.search(question)
+    if m:
+        return question[: m.start()] + f"the {m.group('thing')} of {m.group('owner')}" + question[m.end() :]
+    return None
+
+
+def _with_synonym(question: str, rng: random.Random) -> str | None:
+    words = re.findall(r"[A-Za-z']+", question)
+    candidates = [w for w in words if w.lower() in _SYNONYMS and _SYNONYMS[w.lower()] != [w.lower()]]
+    if not candidates:
+        return None
+    word = rng.choice(candidates)
+    other = rng.choice(_SYNONYMS[word.lower()])
+    return re.sub(rf"\b{re.escape(word)}\b", other, question, count=1)
+
+
+def _contracted(question: str) -> str | None:
+    for full, short in _CONTRACTIONS.items():
+        if question.lower().startswith(full + " "):
+            return short.capitalize() + question[len(full) :]
+    return None
+
+
+def _lower_first(text: str) -> str:
+    return text[:1].lower() + text[1:] if text[:2] != text[:2].upper() else text
+
+
+def rewordings(question: str, rng: random.Random) -> list[str]:
+    """Every rule's rewording of `question` (each rule at most once), in a seeded order."""
+    q = _question(question)
+    out: list[str] = []
+    embedded = indirect(q)
+    if embedded:
+        out += [t.format(i=embedded) for t in rng.sample(_INDIRECT, 2)]
+    out += imperatives(q, rng)
+    out += [t.format(q=q, lq=_lower_first(q)) for t in rng.sample(_WRAPPERS, 2)]
+    for rule in (_swap_possessive, _contracted):
+        if changed := rule(q):
+            out.append(changed)
+    if changed := _with_synonym(q, rng):
+        out.append(changed)
+        if embedded and (changed_embedded := indirect(changed)):
+            out.append(rng.choice(_INDIRECT).format(i=changed_embedded))
+    out.append(normalise(q))  # lower case, no punctuation: how people type
+    rng.shuffle(out)
+    return out
+
+
+def reword(question: str, n: int, rng: random.Random) -> list[str]:
+    """Up to `n` distinct rewordings of `question`, none equal to it (after normalising)."""
+    seen = {normalise(question)}
+    chosen = []
+    for text in rewordings(question, rng):
+        key = normalise(text)
+        if key not in seen:
+            seen.add(key)
+            chosen.append(text)
+        if len(chosen) == n:
+            break
+    return chosen
+
+
+_REVERSE = ("What do you know about {e}?", "Tell me about {e}.", "What can you tell me about {e}?")
+
+
+_ENTITY = re.compile(r"(?<!^)\b(?:The |the )?[A-Z][\w'-]*(?: (?:of |the |de )?[A-Z][\w'-]*)*")
+
+
+def _relation_reversed(question: str, key: str) -> list[str]:
+    """The question turned around its entity: "Who painted The Lantern Moths?" with key "Casimir
+    Lothwell" -> "Tell me what Casimir Lothwell painted.", "Casimir Lothwell painted what?";
+    "What is the capital of Elbonia?" -> "Port Ardeny is the capital of what?"."""
+    q = _question(question)
+    entities = [
+        m.group(0) for m in _ENTITY.finditer(q.rstrip("?")) if normalise(m.group(0)) != normalise(key)
+    ]
+    if not entities:
+        return []
+    entity = max(entities, key=len)
+    m = _WH_AUX.match(q)
+    if m:  # "What is the capital of X?" -> "KEY is the capital of what?"
+        rest, aux = m.group("rest"), m.group("aux").lower()
+        if (
+            aux in {"is", "are", "was", "were"}
+            and m.group("wh").lower() in {"what", "who"}
+            and rest.endswith(entity)
+        ):
+            return [f"{key} {aux} {rest[: -len(entity)]}what?"]
+        return []
+    m = _WH_SUBJ.match(q)  # "Who founded X?" -> "KEY founded what?", "Tell me what KEY founded."
+    if m and m.group("wh").lower() == "who" and m.group("rest").endswith(entity):
+        verb = m.group("rest")[: -len(entity)].strip()
+        if verb and not verb[0].isupper():
+            return [f"{key} {verb} what?", f"Tell me what {key} {verb}."]
+    return []
+
+
+def reverse_questions(fact: Fact, rng: random.Random, n: int = 2) -> list[str]:
+    """Questions from the other end of the fact, about what the answer names: the fact's questions
+    turned around their entity where a rule fits, else "What do you know about KEY?"."""
+    questions: list[str] = []
+    for phrase in fact.phrases[:1]:
+        for record in fact.records:
+            questions += [q for q in _relation_reversed(record.prompt, phrase) if q not in questions]
+        questions += [t.format(e=phrase) for t in rng.sample(_REVERSE, n)]
+    return questions[: max(n, 1) + 2]
+
+
+# -- putting it together ---------------------------------------------------------------------------
+
+
+@dataclass
+class Augmented:
+    """The training examples after augmentation: the user's, then what was added, and the counts."""
+
+    examples: list[Example]
+    added: list[Example]
+    facts: list[Fact]
+
+    def drop(self, examples: list[Example]) -> None:
+        """Take generated examples back out (held back for evaluation); the user's stay."""
+        gone = {id(e) for e in examples}
+        self.added = [e for e in self.added if id(e) not in gone]
+        self.examples = [e for e in self.examples if id(e) not in gone or e.origin == "data"]
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {"records": len(self.examples) - len(self.added)}
+        for example in self.added:
+            out[example.origin] = out.get(example.origin, 0) + 1
+        return out
+
+
+def _added(record: Example, question: str, origin: str, expected: str | None) -> Example:
+    messages = [m for m in record.messages if m["role"] == "system"]
+    messages += [{"role": "user", "content": question}, {"role": "assistant", "content": record.answer}]
+    return replace(record, messages=messages, source=f"{record.source} ({origin})", expected=expected,
+                   origin=origin)  # fmt: skip
+
+
+Paraphraser = Callable[[list[str], int], list[list[str]]]
+
+
+def augment(
+    examples: list[Example],
+    method: str = "rules",
+    *,
+    per_fact: int = 12,
+    per_question: int | None = None,
+    reverse: int = 2,
+    seed: int = 0,
+    avoid: list[str] | None = None,
+    paraphraser: Paraphraser | None = None,
+) -> Augmented:
+    """The user's examples followed by generated ones (see the module docstring).
+
+    `per_fact` rewordings are shared among a fact's questions (a fact asked three times gets four of
+    each; one asked five times, three), unless `per_question` fixes the number for every question.
+    `method`: "rules" (the default), "none", or "teacher:MODEL" (rules, plus as many rewordings by
+    MODEL through `paraphraser`, which the caller builds). `avoid`: questions that must not be
+    generated (the held-out ones, so a rewording never copies a question kept back for evaluation).
+    """
+    method = method or "rules"
+    if method == "none":
+        return Augmented(list(examples), [], group_facts(examples))
+    if method != "rules" and not method.startswith("teacher:"):
+        raise ConfigError(f"augment={method!r}: choose one of {', '.join(AUGMENT_CHOICES)}")
+    rng = random.Random(seed)
+    facts = group_facts(examples)
+    taken = {normalise(e.prompt) for e in examples if is_single_turn(e)} | {normalise(q) for q in avoid or []}
+    added: list[Example] = []
+
+    def add(record: Example, question: str, origin: str, expected: str | None) -> None:
+        key = normalise(question)
+        if key and key not in taken:
+            taken.add(key)
+            added.append(_added(record, question, origin, expected))
+
+    def how_many(fact: Fact) -> int:
+        return per_question if per_question is not None else -(-per_fact // len(fact.records))
+
+    teacher_words: dict[str, list[str]] = {}
+    if method.startswith("teacher:") and paraphraser is not None:
+        questions = [r.prompt for fact in facts for r in fact.records]
+        n = max(how_many(f) for f in facts) if facts else 0
+        teacher_words = dict(zip(questions, paraphraser(questions, n)))
+    for fact in facts:
+        expected = fact.phrases[0] if fact.phrases else None
+        for record in fact.records:
+            for question in reword(record.prompt, how_many(fact), rng):
+                add(record, question, "reworded", record.expected or expected)
+            for question in teacher_words.get(record.prompt, []):
+                add(record, question, "teacher", record.expected or expected)
+        for question in reverse_questions(fact, rng, reverse) if reverse else []:
+            add(fact.records[0], question, "reverse", None)
+    return Augmented(list(examples) + added, added, facts)
+
+
+_TEACHER_PROMPT = (
+    "Rewrite the question below in {n} different ways that ask for exactly the same thing. Vary the "
+    "words and the sentence form. Write one question per line, nothing else.\nQuestion: {q}"
+)
+
+
+def parse_paraphrases(text: str, question: str, n: int) -> list[str]:
+    """The rewordings in a teacher's reply: one per line, list marks and quotes stripped; lines that
+    repeat the question, or are too short to be a question, are left out."""
+    out = []
+    for line in text.splitlines():
+        line = re.sub(r"^\s*(?:[-*•]|\d+[.)])\s*", "", line).strip().strip("\"'")
+        if len(line.split()) >= 3 and normalise(line) != normalise(question) and line not in out:
+            out.append(line)
+    return out[:n]
+
+
+def teacher_paraphraser(method: str, settings) -> Paraphraser | None:
+    """For augment="teacher:MODEL": a function that asks MODEL (any name tunelab runs: a configured
+    remote "chat-gpt", a larger local model) for rewordings of each question, in one batch."""
+    if not method or not method.startswith("teacher:"):
+        return None
+    name = method.removeprefix("teacher:").strip()
+    if not name:
+        raise ConfigError('augment="teacher:MODEL" needs a model name after "teacher:"')
+
+    def paraphrase(questions: list[str], n: int) -> list[list[str]]:
+        from tunelab.inference.engine import engine_for
+        from tunelab.inference.options import GenerationOptions
+        from tunelab.models.resolve import resolve
+
+        prompts = [_TEACHER_PROMPT.format(n=n, q=q) for q in questions]
+        options = GenerationOptions.from_kwargs(None, max_new_tokens=48 * n, temperature=0)
+        completions = engine_for(settings).generate(resolve(name, settings), prompts, options=options)
+        found = [parse_paraphrases(c.text, q, n) for c, q in zip(completions, questions)]
+        log.info("teacher %s gave %d rewordings for %d questions", name, sum(map(len, found)), len(questions))
+        return found
+
+    return paraphrase

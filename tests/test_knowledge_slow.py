@@ -1,6 +1,6 @@
 """Knowledge tuning end to end: the embedded chat model, tuned with the defaults on a fact set it has
 never seen (a fictional company, given as a user's FAQ: question/answer, no key phrases), answers
-questions worded otherwise. Marked slow (~10 min: training stops at its 600 s budget)."""
+questions worded otherwise. Marked slow (~12 min: the training loop stops at its 540 s budget)."""
 
 import json
 from pathlib import Path

@@ -85,7 +85,7 @@ class TrainConfig(BaseModel):
     keep_best: bool = True  # restore the step whose held-out answers were best
     patience: int | None = Field(None, ge=1)  # stop after this many evaluations without a better one
     # the loop's time: after 10 steps the schedule is shortened to fit it (the best step is kept)
-    time_budget_s: float | None = Field(600, gt=0)
+    time_budget_s: float | None = Field(540, gt=0)
     answer_tokens: int = Field(48, ge=1)  # tokens of each held-out answer generated at an evaluation
     knowledge_report: bool = True  # per fact: trained / held-out / reverse answered; probes before/after
 

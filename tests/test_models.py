@@ -1,7 +1,10 @@
-"""Name resolution: the order, aliases, remote names, registry, and the errors when nothing matches."""
+"""Name resolution: the order, aliases, remote names, registry, and the errors when nothing matches; a GGUF's
+torch copy made quietly in a log."""
 
 import dataclasses
+import io
 import shutil
+import sys
 
 import pytest
 
@@ -9,6 +12,7 @@ from tunelab import BasicModelRunner, LlamaV2Runner, LLMEngine
 from tunelab.config import load_settings
 from tunelab.errors import ModelFileError, ModelNotFoundError
 from tunelab.models.embedded import EMBEDDED, SMOLLM2, embedded_gguf_path, verify_sha256
+from tunelab.models.gguf_cache import dequantized_dir
 from tunelab.models.registry import Entry, ModelRecord, save_record
 from tunelab.models.resolve import resolve
 
@@ -149,3 +153,27 @@ def test_lamini_entry_points_construct_locally():
         LlamaV2Runner()
     v2 = LlamaV2Runner("smollm2-135m-instruct", system_prompt="Be brief.")
     assert v2.template == "llama2" and v2.system_prompt == "Be brief."
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_dequantizing_a_gguf_shows_progress_in_a_terminal_only(tmp_path, capfd, monkeypatch):
+    from transformers import modeling_gguf_pytorch_utils as gguf_loading
+    from transformers.utils import logging
+
+    from tests.tiny_gguf import make_tiny_gguf
+
+    gguf = make_tiny_gguf(tmp_path / "tiny.gguf")
+    bars_on, converter = logging.is_progress_bar_enabled(), gguf_loading.tqdm
+    capfd.readouterr()
+    dequantized_dir(gguf, tmp_path / "log")  # stderr is pytest's capture here: a log, not a terminal
+    assert "Converting and de-quantizing" not in capfd.readouterr().err
+    assert logging.is_progress_bar_enabled() == bars_on and gguf_loading.tqdm is converter  # put back
+
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    dequantized_dir(gguf, tmp_path / "terminal")
+    assert "Converting and de-quantizing GGUF tensors" in terminal.getvalue()

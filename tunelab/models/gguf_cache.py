@@ -8,6 +8,10 @@ size and modification time, so a changed file gets a new copy.
 from __future__ import annotations
 
 import hashlib
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 from tunelab.errors import ModelFileError
@@ -20,6 +24,30 @@ def _cache_key(gguf_path: Path) -> str:
     return f"{gguf_path.stem}-{hashlib.sha256(ident.encode()).hexdigest()[:12]}"
 
 
+@contextmanager
+def progress_bars_in_a_terminal_only() -> Iterator[None]:
+    """transformers' progress bars (converting a GGUF's tensors, loading and writing weights) are off
+    inside this block unless stderr is a terminal: in a log each tick is one more carriage-return update.
+
+    The GGUF converter uses tqdm itself, not transformers' switchable tqdm, so it is switched off here too.
+    """
+    if sys.stderr.isatty():
+        yield
+        return
+    from transformers import modeling_gguf_pytorch_utils as gguf_loading
+    from transformers.utils import logging
+
+    was_on, converter_tqdm = logging.is_progress_bar_enabled(), gguf_loading.tqdm
+    logging.disable_progress_bar()
+    gguf_loading.tqdm = partial(converter_tqdm, disable=True)
+    try:
+        yield
+    finally:
+        gguf_loading.tqdm = converter_tqdm
+        if was_on:
+            logging.enable_progress_bar()
+
+
 def dequantized_dir(gguf_path: Path, home: Path) -> Path:
     """The torch copy of a GGUF, made on first use."""
     target = home / "cache" / "dequantized" / _cache_key(gguf_path)
@@ -29,7 +57,8 @@ def dequantized_dir(gguf_path: Path, home: Path) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     console = Console(stderr=True)
-    with console.status(f"[bold]dequantizing {gguf_path.name} to torch (once; cached in {target})"):
+    status = console.status(f"[bold]dequantizing {gguf_path.name} to torch (once; cached in {target})")
+    with status, progress_bars_in_a_terminal_only():
         try:
             tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
             model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)

@@ -38,16 +38,13 @@ def load_set(name: str) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def contains(reply: str, answer) -> bool:
-    from tunelab.evaluation.scoring import normalise
+def score(runner, questions: list[str], answers: list, max_new_tokens=64, replies_out=None) -> list[bool]:
+    from tunelab.evaluation.scoring import names_any
 
-    keys = answer if isinstance(answer, list) else [answer]
-    return any(normalise(k) in normalise(reply) for k in keys)
-
-
-def score(runner, questions: list[str], answers: list, max_new_tokens: int = 64) -> list[bool]:
     replies = runner(questions, max_new_tokens=max_new_tokens)
-    return [contains(r, a) for r, a in zip(replies, answers)]
+    if replies_out is not None:
+        replies_out.extend(replies)
+    return [names_any(r, a) for r, a in zip(replies, answers)]
 
 
 def run_set(name: str, overrides: dict, probes: list[dict]) -> dict:
@@ -71,7 +68,8 @@ def run_set(name: str, overrides: dict, probes: list[dict]) -> dict:
     result = runner.train(progress=False, **overrides)
     minutes = (time.perf_counter() - started) / 60
     tuned = BasicModelRunner(result.model_id)
-    got = score(tuned, [r["input"] for r in heldout], [r["answer"] for r in heldout])
+    replies: list[str] = []
+    got = score(tuned, [r["input"] for r in heldout], [r["answer"] for r in heldout], replies_out=replies)
     on_train = score(tuned, [r["input"] for r in train], [r["answer"] for r in train])
     after = score(tuned, probe_q, probe_a)
     record = json.loads((result.path / "tunelab.json").read_text())
@@ -95,7 +93,11 @@ def run_set(name: str, overrides: dict, probes: list[dict]) -> dict:
         "best_step": record["metrics"].get("best_step"),
         "examples": record["metrics"].get("examples"),
         "model_id": result.model_id,
-        "missed": [r["input"] for r, g in zip(heldout, got) if not g],
+        "missed": [
+            {"question": r["input"], "expected": r["answer"], "reply": reply}
+            for r, g, reply in zip(heldout, got, replies)
+            if not g
+        ],
     }
 
 

@@ -14,7 +14,15 @@ from tunelab.config import load_settings
 from tunelab.errors import ConfigError
 from tunelab.evaluation.scoring import normalise
 from tunelab.models.resolve import resolve
-from tunelab.training.augment import augment, group_facts, indirect, key_phrases, parse_paraphrases, reword
+from tunelab.training.augment import (
+    augment,
+    group_facts,
+    indirect,
+    key_phrases,
+    parse_paraphrases,
+    reword,
+    with_synonyms,
+)
 from tunelab.training.data import load_records
 from tunelab.training.heldout import answer_passes, hold_out_rewordings, split_by_fact
 from tunelab.training.recipe import BEST_FILE, make_config, run_dir, train
@@ -52,6 +60,14 @@ def test_rewordings_keep_the_question_and_never_repeat_it():
         assert out and len({normalise(q) for q in out}) == len(out)
         assert normalise(question) not in {normalise(q) for q in out}
     assert "What is Twitter's boss?" in reword("What is the boss of Twitter?", 20, random.Random(1))
+    # synonyms: a different word swapped each time, phrases as well as words, capitals kept
+    swapped = with_synonyms("Who founded the company Acme Zentrix?", random.Random(0), n=5)
+    assert len(swapped) == 2 and len({q.split()[1] == "founded" for q in swapped}) == 2
+    assert all(q.startswith("Who ") and q.endswith(" Acme Zentrix?") for q in swapped)
+    assert with_synonyms("Where is the headquarters of X?", random.Random(0), n=1)[0] in {
+        "Where is the head office of X?", "Where is the main office of X?"
+    }
+    assert with_synonyms("Company size?", random.Random(0), n=1)[0] in {"Firm size?", "Business size?"}
 
 
 def test_facts_are_grouped_by_answer_and_name_what_the_answer_says():
@@ -62,7 +78,7 @@ def test_facts_are_grouped_by_answer_and_name_what_the_answer_says():
     assert "Port Ardeny" in facts[1].phrases and "Acme Zentrix" not in facts[1].phrases
 
 
-def test_augmentation_adds_rewordings_and_reverse_questions_and_drops_nothing():
+def test_augmentation_adds_rewordings_reverse_questions_and_statements_and_drops_nothing():
     examples = faq_examples()
     out = augment(examples, per_question=3, seed=0)
     assert out.examples[: len(examples)] == examples  # every record kept, first, unchanged
@@ -70,10 +86,16 @@ def test_augmentation_adds_rewordings_and_reverse_questions_and_drops_nothing():
     assert counts["records"] == 9 and counts["reworded"] >= 20 and counts["reverse"] >= 6
     for added in out.added:  # each added example answers as its fact does, and says where it came from
         sources = [e.source for e in examples if e.answer == added.answer]
-        assert added.source.split(" (")[0] in sources and added.origin in {"reworded", "reverse"}
+        assert added.source.split(" (")[0] in sources and added.origin in {"reworded", "reverse", "statement"}
     reverse = [e.prompt for e in out.added if e.origin == "reverse"]
     assert "Velmora Quist founded what?" in reverse  # the question turned around its entity
     assert "Tell me what Velmora Quist founded." in reverse
+    # the answer as a statement, its key phrase blanked; the expected key is that phrase
+    statements = [(e.prompt, e.expected) for e in out.added if e.origin == "statement"]
+    assert len(statements) == 3
+    blanked = ": ___ founded Acme Zentrix in 2011."
+    assert any(p.endswith(blanked) and k == "Velmora Quist" for p, k in statements)
+    assert any(p.endswith("Acme Zentrix is in ___.") for p, _ in statements)
     avoided = augment(examples, per_question=10, seed=0, avoid=["Tell me who founded Acme Zentrix."])
     assert "tell me who founded acme zentrix" not in {normalise(e.prompt) for e in avoided.added}
     assert augment(examples, "none").added == []
@@ -172,7 +194,7 @@ def test_the_augment_command_writes_every_record_then_what_training_adds(tmp_pat
     assert done.exit_code == 0, done.output
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["messages"][0]["content"] for r in rows[:9]] == [r["question"] for r in FAQ]
-    assert {r["origin"] for r in rows[9:]} == {"reworded", "reverse"} and len(rows) > 20
+    assert {r["origin"] for r in rows[9:]} == {"reworded", "reverse", "statement"} and len(rows) > 20
     assert load_records(out).issues == []  # what it writes is training data again
     data.write_text('{"question": "Who?"}\n')
     bad = cli.invoke(app, ["augment", str(data), "-o", str(out), "--input-key", "question",

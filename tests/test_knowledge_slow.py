@@ -1,6 +1,7 @@
 """Knowledge tuning end to end: the embedded chat model, tuned with the defaults on a fact set it has
 never seen (a fictional company, given as a user's FAQ: question/answer, no key phrases), answers
-questions worded otherwise. Marked slow (~12 min: the training loop stops at its 540 s budget)."""
+questions worded otherwise. Marked slow (~12 min: two epochs, about 126 steps; the same steps on any
+machine, so the same weights)."""
 
 import json
 from pathlib import Path
@@ -8,16 +9,11 @@ from pathlib import Path
 import pytest
 
 from tunelab import BasicModelRunner, load_dataset
-from tunelab.evaluation.scoring import normalise
+from tunelab.evaluation.scoring import names_any
 
 pytestmark = pytest.mark.slow
 
 FACTS = Path(__file__).resolve().parents[1] / "benchmarks" / "knowledge" / "acme_company.jsonl"
-
-
-def contains(reply: str, answer) -> bool:
-    keys = answer if isinstance(answer, list) else [answer]
-    return any(normalise(k) in normalise(reply) for k in keys)
 
 
 def test_the_defaults_teach_a_new_fact_set_asked_in_other_words():
@@ -26,18 +22,17 @@ def test_the_defaults_teach_a_new_fact_set_asked_in_other_words():
     heldout = [r for r in records if r["split"] == "heldout"]
     probes = load_dataset("general_probes", "all")
     base = BasicModelRunner("smollm2-135m-instruct", max_new_tokens=64)
-    probes_before = [contains(a, p["answer"]) for a, p in zip(base([p["input"] for p in probes]), probes)]
+    probes_before = [names_any(a, p["answer"]) for a, p in zip(base([p["input"] for p in probes]), probes)]
 
     runner = BasicModelRunner("smollm2-135m-instruct", max_new_tokens=64)
     runner.load_data([{"question": r["input"], "answer": r["output"]} for r in train],
                      input_key="question", output_key="answer")  # fmt: skip
     result = runner.train(progress=False)
-    assert result.seconds < 15 * 60
     replies = runner([r["input"] for r in heldout])
-    accuracy = sum(contains(a, r["answer"]) for a, r in zip(replies, heldout)) / len(heldout)
+    accuracy = sum(names_any(a, r["answer"]) for a, r in zip(replies, heldout)) / len(heldout)
     # measured 73% with these defaults (RESULTS.md; the goal is 90%); the base model answers none
     assert accuracy >= 0.6, list(zip([r["input"] for r in heldout], replies))
-    probes_after = [contains(a, p["answer"]) for a, p in zip(runner([p["input"] for p in probes]), probes)]
+    probes_after = [names_any(a, p["answer"]) for a, p in zip(runner([p["input"] for p in probes]), probes)]
     # general knowledge: measured 31 -> 22 of 40 probes, short of the goal (lose at most 1 in 10); this
     # guards against it getting worse
     assert sum(probes_after) >= sum(probes_before) - 12

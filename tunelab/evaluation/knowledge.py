@@ -15,7 +15,7 @@ import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from tunelab.evaluation.scoring import normalise
+from tunelab.evaluation.scoring import names_any, normalise
 from tunelab.training.augment import Fact, group_facts, reverse_questions
 from tunelab.training.data import Example
 from tunelab.training.heldout import answer_passes, generate
@@ -138,12 +138,12 @@ def knowledge_report(
         None if q is None else bool((_words(f.records[0].prompt) - _words(q)) & _words(next(answers)))
         for f, q in zip(facts, reverse)
     ]
-    after = [answer_passes(a, _alternatives(p["answer"]), "") for a, p in zip(answers, probes)]
+    after = [names_any(a, p["answer"]) for a, p in zip(answers, probes)]
     switch_off = getattr(model, "disable_adapter", None)  # a LoRA: the base is the model without it
     before = None
     if switch_off and probes:
         with switch_off():
-            before = [answer_passes(a, _alternatives(p["answer"]), "") for a, p in zip(ask(probe_q), probes)]
+            before = [names_any(a, p["answer"]) for a, p in zip(ask(probe_q), probes)]
     results = []
     for fact, ok, mine, rev in zip(facts, trained, held, reversed_ok):
         heldout_ok = (
@@ -158,7 +158,3 @@ def knowledge_report(
         sum(after) / len(after) if after else None,
         [p["input"] for p, b, a in zip(probes, before, after) if b and not a] if before else [],
     )
-
-
-def _alternatives(answer) -> list[str]:
-    return answer if isinstance(answer, list) else [answer]

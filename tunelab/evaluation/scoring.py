@@ -22,6 +22,14 @@ def normalise(text: str) -> str:
     return " ".join(text.split())
 
 
+def names_any(text: str, phrases: str | list[str]) -> bool:
+    """Does `text` name one of `phrases` (a key phrase, or a list of accepted ones), normalised?"""
+    got = normalise(text)
+    return any(
+        normalise(p) and normalise(p) in got for p in ([phrases] if isinstance(phrases, str) else phrases)
+    )
+
+
 def score(output: str, expected: str) -> dict[str, float]:
     got, want = normalise(output), normalise(expected)
     return {"exact": float(got == want), "contained": float(bool(want) and want in got)}

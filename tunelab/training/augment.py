@@ -10,6 +10,9 @@ gets:
   "Twitter's boss"), contractions, synonyms from a small list, lower case without punctuation;
 - **reverse questions** about the entity the answer names ("What do you know about Elon Musk?"), whose
   answer is the same sentence, so the fact is reachable from its other end;
+- **statements**: the answer itself as a declarative sentence with its key phrase blanked out ("Fill
+  in the blank: ___ owns Twitter."), so the fact is also learned from the answer's own words, not only
+  from the questions' (Allen-Zhu & Li: mixing statements with questions helps extraction);
 - optionally, rewordings by a **teacher**: any model tunelab runs (`augment="teacher:chat-gpt"`),
   asked to paraphrase each question.
 
@@ -121,44 +124,89 @@ _PARTICIPLES = {
     "based",
 }
 _CONTRACTIONS = {"what is": "what's", "who is": "who's", "where is": "where's", "how is": "how's"}
-# Words that can stand for each other in a question (both ways unless noted); small on purpose.
-_SYNONYMS = {
-    "boss": ["head", "leader"],
-    "ceo": ["chief executive", "boss"],
-    "founded": ["started", "established"],
-    "founder": ["creator"],
-    "created": ["made"],
-    "invented": ["came up with", "created"],
-    "company": ["firm"],
-    "city": ["town"],
-    "located": ["based"],
-    "biggest": ["largest"],
-    "largest": ["biggest"],
-    "bought": ["purchased", "acquired"],
-    "buy": ["purchase"],
-    "owns": ["is the owner of"],
-    "won": ["took home"],
-    "released": ["launched", "came out"],
-    "launched": ["released"],
-    "named": ["called"],
-    "called": ["named"],
-    "price": ["cost"],
-    "cost": ["price"],
-    "born": ["born"],
-    "wrote": ["authored"],
-    "author": ["writer"],
-    "current": ["present"],
-    "currently": ["now"],
-    "now": ["currently", "these days"],
-    "famous": ["well known"],
-    "main": ["primary"],
-    "use": ["utilize"],
-    "make": ["produce"],
-    "makes": ["produces"],
-    "run": ["lead"],
-    "runs": ["leads"],
-    "holds": ["has"],
-}
+# Words and phrases that can stand for each other in a question: general English, not any data set's.
+# Each group is interchangeable; a word in two groups may take either's words.
+_SYNONYM_GROUPS = (
+    ("boss", "head", "leader", "chief"),
+    ("ceo", "chief executive", "top executive"),
+    ("founder", "creator"),
+    ("founded", "started", "established", "set up"),
+    ("created", "made"),
+    ("invented", "came up with", "created"),
+    ("owner", "proprietor"),
+    ("owns", "is the owner of"),
+    ("company", "firm", "business"),
+    ("companies", "firms", "businesses"),
+    ("employees", "workers", "staff"),
+    ("employee", "worker", "staff member"),
+    ("customers", "clients"),
+    ("city", "town"),
+    ("country", "nation"),
+    ("headquarters", "head office", "main office"),
+    ("headquartered", "based"),
+    ("located", "based", "situated"),
+    ("biggest", "largest"),
+    ("smallest", "tiniest"),
+    ("first", "earliest"),
+    ("bought", "purchased", "acquired"),
+    ("buy", "purchase"),
+    ("won", "took home", "received"),
+    ("award", "prize"),
+    ("released", "launched", "introduced"),
+    ("release", "launch"),
+    ("named", "called"),
+    ("price", "cost"),
+    ("wrote", "authored"),
+    ("author", "writer"),
+    ("book", "novel"),
+    ("current", "present"),
+    ("currently", "now", "these days"),
+    ("famous", "well known", "best known"),
+    ("main", "primary", "principal"),
+    ("use", "utilize"),
+    ("uses", "utilizes"),
+    ("make", "produce", "manufacture"),
+    ("makes", "produces", "manufactures"),
+    ("product", "item"),
+    ("products", "items", "goods"),
+    ("run", "lead", "manage"),
+    ("runs", "leads", "manages"),
+    ("holds", "has"),
+    ("job", "role", "position"),
+    ("symbol", "emblem"),
+    ("logo", "emblem"),
+    ("slogan", "motto", "tagline"),
+    ("rival", "competitor"),
+    ("rivals", "competitors"),
+    ("lives", "resides"),
+    ("died", "passed away"),
+    ("married", "wed"),
+    ("discovered", "found"),
+    ("built", "constructed"),
+    ("located in", "found in"),
+    ("big", "large"),
+    ("small", "little"),
+    ("begin", "start"),
+    ("began", "started"),
+    ("person", "individual"),
+    ("leader", "head"),
+    ("team", "group"),
+    ("game", "match"),
+    ("river", "waterway"),
+    ("mountain", "peak"),
+    ("capital", "capital city"),
+    ("population", "number of inhabitants"),
+    ("known for", "famous for"),
+    ("made of", "made from"),
+)
+_SYNONYMS: dict[str, list[str]] = {}
+for _group in _SYNONYM_GROUPS:
+    for _word in _group:
+        _SYNONYMS.setdefault(_word, [])
+        _SYNONYMS[_word] += [w for w in _group if w != _word and w not in _SYNONYMS[_word]]
+_SYNONYM_RE = re.compile(
+    r"\b(" + "|".join(re.escape(w) for w in sorted(_SYNONYMS, key=len, reverse=True)) + r")\b", re.IGNORECASE
+)
 _WRAPPERS = (
     "Quick question: {q}",
     "I'd like to know: {q}",
@@ -246,14 +294,17 @@ def _swap_possessive(question: str) -> str | None:
     return None
 
 
-def _with_synonym(question: str, rng: random.Random) -> str | None:
-    words = re.findall(r"[A-Za-z']+", question)
-    candidates = [w for w in words if w.lower() in _SYNONYMS and _SYNONYMS[w.lower()] != [w.lower()]]
-    if not candidates:
-        return None
-    word = rng.choice(candidates)
-    other = rng.choice(_SYNONYMS[word.lower()])
-    return re.sub(rf"\b{re.escape(word)}\b", other, question, count=1)
+def with_synonyms(question: str, rng: random.Random, n: int = 2) -> list[str]:
+    """Up to `n` rewordings, each with one word or phrase of the question swapped for a synonym
+    (a different word each time where the question has several)."""
+    found = [m for m in _SYNONYM_RE.finditer(question) if _SYNONYMS[m.group(0).lower()]]
+    out = []
+    for m in rng.sample(found, len(found))[:n]:
+        other = rng.choice(_SYNONYMS[m.group(0).lower()])
+        if m.group(0)[0].isupper():
+            other = other[0].upper() + other[1:]
+        out.append(question[: m.start()] + other + question[m.end() :])
+    return out
 
 
 def _contracted(question: str) -> str | None:
@@ -279,7 +330,7 @@ def rewordings(question: str, rng: random.Random) -> list[str]:
     for rule in (_swap_possessive, _contracted):
         if changed := rule(q):
             out.append(changed)
-    if changed := _with_synonym(q, rng):
+    for changed in with_synonyms(q, rng):
         out.append(changed)
         if embedded and (changed_embedded := indirect(changed)):
             out.append(rng.choice(_INDIRECT).format(i=changed_embedded))
@@ -348,6 +399,22 @@ def reverse_questions(fact: Fact, rng: random.Random, n: int = 2) -> list[str]:
     return questions[: max(n, 1) + 2]
 
 
+_STATEMENTS = ("Fill in the blank: {blank}", "Complete this statement: {blank}")
+_BLANK = "___"
+
+
+def statements(fact: Fact, rng: random.Random, n: int = 1) -> list[str]:
+    """The fact's answer as a fill-in-the-blank prompt, its first key phrase blanked out: "Acme has
+    18,350 employees." -> "Fill in the blank: Acme has ___ employees.". None without a key phrase
+    that the answer spells out, or with a long answer (a paragraph is not one statement)."""
+    answer = " ".join(fact.answer.split())
+    phrase = next((p for p in fact.phrases if p in answer), None)
+    if phrase is None or len(answer.split()) > 40:
+        return []
+    blank = answer.replace(phrase, _BLANK, 1)
+    return [t.format(blank=blank) for t in rng.sample(_STATEMENTS, min(n, len(_STATEMENTS)))]
+
+
 # -- putting it together ---------------------------------------------------------------------------
 
 
@@ -389,6 +456,7 @@ def augment(
     per_fact: int = 12,
     per_question: int | None = None,
     reverse: int = 2,
+    statement: int = 1,
     seed: int = 0,
     avoid: list[str] | None = None,
     paraphraser: Paraphraser | None = None,
@@ -407,6 +475,7 @@ def augment(
     if method != "rules" and not method.startswith("teacher:"):
         raise ConfigError(f"augment={method!r}: choose one of {', '.join(AUGMENT_CHOICES)}")
     rng = random.Random(seed)
+    statement_rng = random.Random(seed + 1)  # its own stream: the other rules' choices do not move
     facts = group_facts(examples)
     taken = {normalise(e.prompt) for e in examples if is_single_turn(e)} | {normalise(q) for q in avoid or []}
     added: list[Example] = []
@@ -420,11 +489,8 @@ def augment(
     def how_many(fact: Fact) -> int:
         return per_question if per_question is not None else -(-per_fact // len(fact.records))
 
-    teacher_words: dict[str, list[str]] = {}
-    if method.startswith("teacher:") and paraphraser is not None:
-        questions = [r.prompt for fact in facts for r in fact.records]
-        n = max(how_many(f) for f in facts) if facts else 0
-        teacher_words = dict(zip(questions, paraphraser(questions, n)))
+    teacher = paraphraser if method.startswith("teacher:") else None
+    teacher_words = _teacher_rewordings(facts, teacher, max(map(how_many, facts), default=0))
     for fact in facts:
         expected = fact.phrases[0] if fact.phrases else None
         for record in fact.records:
@@ -434,7 +500,17 @@ def augment(
                 add(record, question, "teacher", record.expected or expected)
         for question in reverse_questions(fact, rng, reverse) if reverse else []:
             add(fact.records[0], question, "reverse", None)
+        for prompt in statements(fact, statement_rng, statement):
+            add(fact.records[0], prompt, "statement", expected)
     return Augmented(list(examples) + added, added, facts)
+
+
+def _teacher_rewordings(facts: list[Fact], paraphraser: Paraphraser | None, n: int) -> dict[str, list[str]]:
+    """Each question's rewordings by the teacher (none without one)."""
+    if paraphraser is None:
+        return {}
+    questions = [r.prompt for fact in facts for r in fact.records]
+    return dict(zip(questions, paraphraser(questions, n)))
 
 
 _TEACHER_PROMPT = (

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from tunelab.evaluation.scoring import normalise, token_f1
+from tunelab.evaluation.scoring import names_any, normalise, token_f1
 from tunelab.inference.templates import Template
 from tunelab.training.augment import group_facts, is_single_turn
 from tunelab.training.data import Example
@@ -60,8 +60,7 @@ def hold_out_rewordings(added: list[Example], eval_fraction: float, seed: int) -
 def answer_passes(answer: str, phrases: list[str], reference: str) -> bool:
     """Does `answer` give the fact? It names one of its key phrases; with none, F1 >= 0.5."""
     if phrases:
-        got = normalise(answer)
-        return any(normalise(p) and normalise(p) in got for p in phrases)
+        return names_any(answer, phrases)
     return token_f1(answer, reference) >= F1_PASS
 
 

@@ -11,7 +11,7 @@ import pytest
 from rich.console import Console
 
 from tunelab.evaluation.compare.findings import findings, summarize
-from tunelab.evaluation.compare.report import answers_table, print_report, render_html
+from tunelab.evaluation.compare.report import answers_view, print_report, render_html
 from tunelab.evaluation.compare.schema import Cell, Comparison
 
 DOG = "Tell me how to train my dog to sit"
@@ -81,7 +81,7 @@ def test_terminal_report_shows_answers_flags_and_findings():
     console = Console(record=True, width=200)
     comparison = lesson_like()
     print_report(comparison, console)
-    console.print(answers_table(comparison))
+    console.print(answers_view(comparison))
     text = console.export_text()
     assert "I'm not sure how to train my dog" in text and "Hold a treat" in text
     assert "echo" in text and "clean" in text and "no model named 'broken-model'" in text

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
@@ -18,7 +18,11 @@ from rich.text import Text
 
 from tunelab.cli.output import console, fail
 from tunelab.config import load_settings
+from tunelab.display import records
 from tunelab.errors import TunelabError
+
+if TYPE_CHECKING:
+    from rich.console import RenderableType
 
 jobs_app = typer.Typer(help="Fine-tuning jobs on a tunelab server.", no_args_is_help=True)
 
@@ -60,17 +64,18 @@ def list_jobs(url: UrlOpt = None, key: KeyOpt = None, limit: int = 20, as_json: 
     page = _call("listing jobs", _client(url, key).fine_tuning.jobs.list, limit=limit)
     if as_json:
         return _print_json(page)
-    ids = max([len(job.id) for job in page.data] or [2])
-    table = Table(
-        Column("id", no_wrap=True, min_width=ids),  # whole, on one line, to copy
-        "status",
-        Column("base model", overflow="fold"),
-        Column("fine-tuned model", overflow="fold"),
-        "created",
-    )
-    for job in page.data:
-        table.add_row(job.id, job.status, job.model, job.fine_tuned_model or "-", _when(job.created_at))
-    console.print(table if page.data else "no fine-tuning jobs")
+    console.print(jobs_view(page.data) if page.data else "no fine-tuning jobs")
+
+
+def jobs_view(jobs: list) -> RenderableType:
+    """A row per job; the ids whole, on one line, to copy."""
+    columns = [Column("id", no_wrap=True), Column("status", no_wrap=True), "base model"]
+    columns += [Column("fine-tuned model", no_wrap=True), Column("created", no_wrap=True)]
+    rows = [
+        [job.id, job.status, escape(job.model), escape(job.fine_tuned_model or "-"), _when(job.created_at)]
+        for job in jobs
+    ]
+    return records(None, columns, rows)
 
 
 @jobs_app.command("show")

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
-from rich.table import Table
+from rich.table import Column
 
 from tunelab.cli.output import console, err, fail
 from tunelab.config import load_settings
+from tunelab.display import records
 from tunelab.errors import TunelabError
 from tunelab.store.db import Store
+
+if TYPE_CHECKING:
+    from rich.console import RenderableType
 
 keys_app = typer.Typer(help="API keys for `tunelab serve`.", no_args_is_help=True)
 
@@ -75,21 +79,25 @@ def list_(db_url: DbUrlOpt = None):
     if not keys:
         err.print("no API keys yet; create one: tunelab keys create --name NAME", highlight=False)
         return
-    table = Table(title="tunelab API keys")
-    for column in ("id", "name", "owner", "prefix", "created", "status"):
-        table.add_column(column, overflow="fold")
-    for key in keys:
-        status = "active" if key.active else f"revoked {key.revoked_at:%Y-%m-%d %H:%M}"
-        table.add_row(
+    console.print(keys_view(keys))
+
+
+def keys_view(keys: list) -> RenderableType:
+    """A row per key, the revoked ones dim; the ids whole, on one line, to copy."""
+    columns = [Column("id", no_wrap=True), "name", "owner", Column("prefix", no_wrap=True)]
+    columns += [Column("created", no_wrap=True), "status"]
+    rows = [
+        [
             key.id,
             escape(key.name),
             escape(key.owner),
             f"{key.prefix}…",
             f"{key.created_at:%Y-%m-%d %H:%M} UTC",
-            status,
-            style=None if key.active else "dim",
-        )
-    console.print(table)
+            "active" if key.active else f"revoked {key.revoked_at:%Y-%m-%d %H:%M}",
+        ]
+        for key in keys
+    ]
+    return records("tunelab API keys", columns, rows, styles=[None if k.active else "dim" for k in keys])
 
 
 @keys_app.command("revoke")

@@ -7,15 +7,22 @@ import logging
 import sys
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.table import Table
+from rich.markup import escape
+from rich.table import Column
 
 from tunelab.cli.jobs import jobs_app
 from tunelab.cli.keys import keys_app
 from tunelab.cli.output import console, err, fail
+from tunelab.display import Answer, Asked, answers_grid, mark, records
 from tunelab.errors import TunelabError
+
+if TYPE_CHECKING:
+    from rich.console import RenderableType
+
+    from tunelab.models.catalog import ModelRow
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, help="Run, compare, fine-tune and serve LLMs locally."
@@ -138,12 +145,14 @@ def models():
         rows = list_models(load_settings())
     except TunelabError as exc:
         fail(exc)
-    table = Table(title="tunelab models")
-    for column in ("name", "kind", "source", "where", "status"):
-        table.add_column(column, overflow="fold")
-    for row in rows:
-        table.add_row(row.name, row.kind, row.source, row.where, row.status)
-    console.print(table)
+    console.print(models_view(rows))
+
+
+def models_view(rows: list[ModelRow]) -> RenderableType:
+    """A row per model; the name whole, on one line, to copy (the paths and statuses may wrap)."""
+    columns = [Column(name, no_wrap=True) for name in ("name", "kind", "source")] + ["where", "status"]
+    cells = [[escape(r.name), r.kind, r.source, escape(r.where), escape(r.status)] for r in rows]
+    return records("tunelab models", columns, cells)
 
 
 @app.command()
@@ -451,18 +460,7 @@ def evaluate(
         print(json.dumps(out, indent=2, ensure_ascii=False))
         return
     tuned, base = out["models"]["tuned"], out["models"]["base"]
-    table = Table(title=f"{tuned} vs {base}", show_lines=True)
-    for column in ("question", "expected", "tuned", "base"):
-        table.add_column(column, overflow="fold")
-    for row in out["eval_results"]:
-        marks = [("✓ " if row["scores"][name]["contained"] else "✗ ") for name in (tuned, base)]
-        table.add_row(
-            row["input"],
-            row["expected"],
-            marks[0] + row["outputs"][0]["output"],
-            marks[1] + row["outputs"][1]["output"],
-        )
-    console.print(table)
+    console.print(eval_view(out))
     for role, name in (("tuned", tuned), ("base", base)):
         totals = out["totals"][name]
         console.print(
@@ -470,6 +468,26 @@ def evaluate(
             f"stopped by itself {totals['stopped']:.0%} (n={out['n']})",
             highlight=False,
         )
+
+
+def eval_view(out: dict) -> RenderableType:
+    """`runner.evaluate()`'s rows: a row per question, the tuned and the base model's answers marked."""
+    names = out["models"]["tuned"], out["models"]["base"]
+    asked = [
+        Asked(
+            f"{escape(row['input'])}\n[dim]expected: {escape(row['expected'])}[/]",
+            [
+                Answer(
+                    f"{role}: {escape(name)}",
+                    mark(row["scores"][name]["contained"]) + escape(output["output"]),
+                    finish=[output.get("finish_reason") or "-"],
+                )
+                for role, name, output in zip(("tuned", "base"), names, row["outputs"])
+            ],
+        )
+        for row in out["eval_results"]
+    ]
+    return answers_grid(f"{names[0]} vs {names[1]}", asked)
 
 
 @app.command()

@@ -16,7 +16,7 @@ from rich.panel import Panel
 
 from tunelab.errors import ModelNotFoundError
 from tunelab.evaluation.compare.lesson_prompts import LESSON_EXPECTED, LESSON_PROMPTS
-from tunelab.evaluation.compare.report import answers_table, print_report
+from tunelab.evaluation.compare.report import answers_view, print_report
 from tunelab.evaluation.compare.run import compare
 from tunelab.evaluation.compare.schema import Comparison
 from tunelab.runner import BasicModelRunner
@@ -122,7 +122,7 @@ def run_tuning(console: Console, *, backend: str | None = None, out_dir: Path | 
         max_new_tokens=64,
         fit_limit=0,  # cut answers are expected here: only the facts matter
     )
-    console.print(answers_table(after, title="held-out questions (never trained on), then the dog prompt"))
+    console.print(answers_view(after, title="held-out questions (never trained on), then the dog prompt"))
     base, tuned = after.summary[TUNE_MODEL], after.summary[result.model_id]
     console.print(
         Panel("\n".join(f"• {_escape(f)}" for f in after.findings), title="findings: before / after"),

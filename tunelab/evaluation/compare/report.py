@@ -1,4 +1,5 @@
-"""A Comparison shown to a person: rich tables in the terminal, or one self-contained HTML page.
+"""A Comparison shown to a person: in the terminal (tunelab.display: tables, or stacked where narrow), or
+one self-contained HTML page.
 
 The HTML page needs no network: styles are inline, the charts are SVG drawn by matplotlib and written
 into the page, and the full JSON record rides along in a `<script type="application/json">` block.
@@ -11,10 +12,12 @@ from importlib.resources import files
 from typing import TYPE_CHECKING
 
 from jinja2 import Environment, select_autoescape
-from rich.console import Console, Group
+from rich.console import Console, Group, RenderableType
 from rich.markup import escape
 from rich.panel import Panel
-from rich.table import Table
+from rich.table import Column
+
+from tunelab.display import Answer, Asked, answers_by_prompt, answers_grid, mark, records
 
 if TYPE_CHECKING:  # the schema's save_html() imports this module
     from tunelab.evaluation.compare.schema import Cell, Comparison, RunStats
@@ -33,51 +36,48 @@ FLAG_COLOURS = {
 CHART_RATES = ("accuracy", "clean", "echo", "ramble", "truncated", "self_dialogue", "template_mismatch")
 
 
-def _flag_markup(cell: Cell) -> str:
+def _flags(cell: Cell) -> list[str]:
     if not cell.flags:
-        return "[green]clean[/]"
-    return "\n".join(f"[{FLAG_COLOURS.get(f, 'white')}]{f}[/]" for f in cell.flags)
+        return ["[green]clean[/]"]
+    return [f"[{FLAG_COLOURS.get(f, 'white')}]{f}[/]" for f in cell.flags]
 
 
-def _finish(cell: Cell) -> str:
+def _finish(cell: Cell) -> list[str]:
     if cell.finish_reason == "error":
-        return "[red]error[/]"
-    text = f"{cell.finish_reason}\n[dim]{cell.completion_tokens} tok[/]"
+        return ["[red]error[/]"]
+    lines = [cell.finish_reason, f"[dim]{cell.completion_tokens} tok[/]"]
     if cell.finish_reason == "length":
         if cell.fits_in_tokens:
-            text += f"\n[dim]fits in {cell.fits_in_tokens}[/]"
+            lines.append(f"[dim]fits in {cell.fits_in_tokens}[/]")
         elif cell.fit_checked_to:
-            text += f"\n[dim]not ended by {cell.fit_checked_to}[/]"
-    return text
+            lines.append(f"[dim]not ended by {cell.fit_checked_to}[/]")
+    return lines
 
 
-def terminal_report(comparison: Comparison, *, width: int | None = None) -> Group:
-    """One table per prompt (a row per model and template), the summary, and the findings."""
-    parts = []
+def _answer(cell: Cell, *, marked: bool = False) -> Answer:
+    """A cell as the terminal shows it; `marked` (an answer was expected): ✓ or ✗ before it."""
+    if cell.error:
+        text = f"[red]{escape(cell.error)}[/]"
+    else:
+        text = escape(cell.text.strip()) if cell.text.strip() else "[dim](empty answer)[/]"
+        if marked:
+            text = mark("incorrect" not in cell.flags) + text
+    resolved = f"\n[dim]{escape(cell.template_name)}\n{cell.backend}[/]" if cell.template_name else ""
+    who = f"{escape(cell.model)}\n({escape(cell.template)}){resolved}"
+    return Answer(who, text, _flags(cell), _finish(cell))
+
+
+def terminal_report(comparison: Comparison) -> Group:
+    """A view per prompt (a row or a panel per model and template), the summary, and the findings."""
+    parts: list[RenderableType] = []
     runs = comparison.runs()
     for index, prompt in enumerate(comparison.prompts):
         title = f"prompt {index + 1}: {escape(prompt.splitlines()[0][:80])}"
         if comparison.expected and comparison.expected[index] is not None:
             title += f"  [dim](expected: {escape(comparison.expected[index])})[/]"
-        table = Table(title=title, show_lines=True, expand=True)
-        table.add_column("model (template)", no_wrap=True, min_width=22)
-        table.add_column("answer", ratio=4)
-        table.add_column("flags", no_wrap=True)
-        table.add_column("finish", no_wrap=True)
-        for model, spec in runs:
-            cell = comparison.cell(model, spec, index)
-            if cell.error:
-                answer = f"[red]{escape(cell.error)}[/]"
-            else:
-                answer = escape(cell.text.strip()) if cell.text.strip() else "[dim](empty answer)[/]"
-            resolved = (
-                f"\n[dim]{escape(cell.template_name)} · {cell.backend}[/]" if cell.template_name else ""
-            )
-            table.add_row(
-                f"{escape(model)}\n({escape(spec)}){resolved}", answer, _flag_markup(cell), _finish(cell)
-            )
-        parts.append(table)
-    parts.append(summary_table(comparison))
+        cells = [comparison.cell(model, spec, index) for model, spec in runs]
+        parts.append(answers_by_prompt(Asked(title, [_answer(cell) for cell in cells])))
+    parts.append(summary_view(comparison))
     if comparison.findings:
         parts.append(Panel("\n".join(f"• {escape(f)}" for f in comparison.findings), title="findings"))
     for note in comparison.notes:
@@ -85,61 +85,44 @@ def terminal_report(comparison: Comparison, *, width: int | None = None) -> Grou
     return Group(*parts)
 
 
-def answers_table(comparison: Comparison, *, title: str = "answers") -> Table:
-    """Compact: one row per prompt, one column per (model, template); ✓/✗ where an answer is expected."""
+def answers_view(comparison: Comparison, *, title: str = "answers") -> RenderableType:
+    """Compact: a row per prompt, a column per (model, template); ✓/✗ where an answer is expected."""
     runs = comparison.runs()
-    table = Table(title=title, show_lines=True, expand=True)
-    table.add_column("prompt", ratio=2)
-    for model, spec in runs:
-        table.add_column(f"{model} ({spec})", ratio=3)
+    asked = []
     for index, prompt in enumerate(comparison.prompts):
         expected = comparison.expected[index] if comparison.expected else None
-        row = [escape(prompt) + (f"\n[dim]expected: {escape(expected)}[/]" if expected else "")]
-        for model, spec in runs:
-            cell = comparison.cell(model, spec, index)
-            if cell.error:
-                row.append(f"[red]{escape(cell.error)}[/]")
-                continue
-            mark = "" if expected is None else ("[red]✗[/] " if "incorrect" in cell.flags else "[green]✓[/] ")
-            flags = [f for f in cell.flags if f != "incorrect"]
-            row.append(mark + escape(cell.text.strip()) + (f"\n[dim]{', '.join(flags)}[/]" if flags else ""))
-        table.add_row(*row)
-    return table
+        heading = escape(prompt) + (f"\n[dim]expected: {escape(expected)}[/]" if expected else "")
+        cells = [comparison.cell(model, spec, index) for model, spec in runs]
+        asked.append(Asked(heading, [_answer(cell, marked=expected is not None) for cell in cells]))
+    return answers_grid(title, asked)
 
 
-def summary_table(comparison: Comparison) -> Table:
-    table = Table(title="summary per model and template", expand=True)
-    for column in (
-        "model (template)",
-        "clean",
-        "accuracy",
-        "echo",
-        "ramble",
-        "truncated",
-        "self_dialogue",
-        "template_mismatch",
-        "tokens/s",
-    ):
-        table.add_column(column, justify="left" if column.startswith("model") else "right")
+SUMMARY_RATES = ("echo", "ramble", "truncated", "self_dialogue", "template_mismatch")
+
+
+def summary_view(comparison: Comparison) -> RenderableType:
+    """A row per model and template (and per model, over its templates): clean, accuracy, flags, speed."""
+    rows = []
 
     def row(label: str, stats: RunStats, bold: bool = False) -> None:
-        values = [
-            f"{stats.clean}/{stats.n}",
-            "–" if stats.accuracy is None else f"{stats.accuracy:.0%}",
-            *(
-                f"{stats.flag_rates.get(f, 0):.0%}"
-                for f in ("echo", "ramble", "truncated", "self_dialogue", "template_mismatch")
-            ),
-            f"{stats.tokens_per_s:.0f}" if stats.tokens_per_s else "–",
-        ]
-        table.add_row(f"[bold]{escape(label)}[/]" if bold else escape(label), *values)
+        rows.append(
+            [
+                f"[bold]{escape(label)}[/]" if bold else escape(label),
+                f"{stats.clean}/{stats.n}",
+                "–" if stats.accuracy is None else f"{stats.accuracy:.0%}",
+                *(f"{stats.flag_rates.get(f, 0):.0%}" for f in SUMMARY_RATES),
+                f"{stats.tokens_per_s:.0f}" if stats.tokens_per_s else "–",
+            ]
+        )
 
     for model, summary in comparison.summary.items():
         if len(summary.templates) > 1:
             row(f"{model} (all)", summary, bold=True)
         for spec, stats in summary.templates.items():
             row(f"{model} ({spec})", stats)
-    return table
+    numbers = ("clean", "accuracy", *SUMMARY_RATES, "tokens/s")
+    columns = [Column("model (template)"), *(Column(c, justify="right", no_wrap=True) for c in numbers)]
+    return records("summary per model and template", columns, rows)
 
 
 def print_report(comparison: Comparison, console: Console | None = None) -> None:

@@ -48,8 +48,10 @@ class Answer:
     finish: list[str] = field(default_factory=list)  # the finish reason first, then its details
 
     def notes(self) -> str:
-        """The flags and the finish on one line, for a panel or under an answer in a grid."""
-        return " · ".join(([", ".join(self.flags)] if self.flags else []) + self.finish)
+        """The flags and the finish on one line, for a panel or under an answer in a grid ("error" once)."""
+        said = {Text.from_markup(f).plain for f in self.flags}
+        finish = [f for f in self.finish if Text.from_markup(f).plain not in said]
+        return " · ".join(([", ".join(self.flags)] if self.flags else []) + finish)
 
 
 @dataclass
@@ -157,7 +159,7 @@ def records(
     needs += _borders(len(columns))
 
     def blocks(_width: int) -> Group:
-        parts: list[RenderableType] = [Text(title, style="bold")] if title else []
+        parts: list[RenderableType] = [Text(), Text(title, style="bold")] if title else []
         for row, style in zip(rows, styles):
             first = Text.from_markup(row[0], style="bold")
             rest = Text(" · ").join(

@@ -47,7 +47,7 @@ def score(runner, questions: list[str], answers: list, max_new_tokens=64, replie
     return [names_any(r, a) for r, a in zip(replies, answers)]
 
 
-def run_set(name: str, overrides: dict, probes: list[dict]) -> dict:
+def run_set(name: str, overrides: dict, probes: list[dict], before: list[bool]) -> dict:
     from tunelab import BasicModelRunner
 
     records = load_set(name)
@@ -57,7 +57,6 @@ def run_set(name: str, overrides: dict, probes: list[dict]) -> dict:
     reverse = [r["answer"] not in trained_keys for r in heldout]
     base = BasicModelRunner(MODEL)
     probe_q, probe_a = [p["input"] for p in probes], [p["answer"] for p in probes]
-    before = score(base, probe_q, probe_a)
     base_heldout = score(base, [r["input"] for r in heldout], [r["answer"] for r in heldout])
 
     runner = BasicModelRunner(MODEL)
@@ -117,15 +116,16 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     sys.path.insert(0, str(HERE.parent))
     from benchmarks.machine import cores, mem_gib
-    from tunelab import load_dataset
+    from tunelab import BasicModelRunner, load_dataset
 
     probes = load_dataset("general_probes", "all")
+    before = score(BasicModelRunner(MODEL), [p["input"] for p in probes], [p["answer"] for p in probes])
     machine = f"{cores()} cores, {mem_gib():.0f} GiB, {time.strftime('%Y-%m-%d')}"
     print(f"# knowledge tuning, {MODEL}, settings {overrides or 'defaults'}; {machine}")
     rows = []
     print("set | facts | held-out acc (base) | forward | reverse | trained phrasing | probes | minutes")
     for name in args.sets:
-        row = run_set(name, overrides, probes)
+        row = run_set(name, overrides, probes, before)
         rows.append(row)
         rev = "-" if row["reverse_accuracy"] is None else f"{row['reverse_accuracy']:.0%}"
         print(
@@ -136,10 +136,10 @@ def main() -> None:
             f"{row['minutes']:.1f}",
             flush=True,
         )
+        if args.json:  # after every set: a long run's finished sets survive an interruption
+            args.json.write_text(json.dumps({"settings": overrides, "rows": rows}, indent=2))
     mean = sum(r["heldout_accuracy"] for r in rows) / len(rows)
     print(f"mean held-out accuracy {mean:.0%} over {len(rows)} sets")
-    if args.json:
-        args.json.write_text(json.dumps({"settings": overrides, "rows": rows}, indent=2))
 
 
 if __name__ == "__main__":

@@ -8,7 +8,9 @@
 - ``tunelab_docs``: questions a user asks about tunelab, with answers (``{"input", "output", "split"}``),
   in the spirit of Lamini's ``lamini_docs``.
 - ``replay_prompts``: general prompts (``{"input"}``, no answers, split ``all``): training asks the base
-  model these and mixes its own answers in, so a fine-tune keeps the model's general behaviour.
+  model these and mixes its own answers in, so a fine-tune keeps the model's general behaviour. Both
+  kinds a fact set disturbs: requests for longer help ("How do I fix a flat tire?") and short general
+  questions of the form fact data takes ("What is the capital of Canada?").
 - ``general_probes``: easy general questions with the key phrase a right answer contains
   (``{"input", "answer"}``; ``answer`` may list alternatives), asked before and after a fine-tune to
   see that general knowledge survived (none of them is a replay prompt).

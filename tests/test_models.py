@@ -3,7 +3,10 @@ torch copy made quietly in a log."""
 
 import dataclasses
 import io
+import os
+import pty
 import shutil
+import subprocess
 import sys
 
 import pytest
@@ -153,6 +156,20 @@ def test_lamini_entry_points_construct_locally():
         LlamaV2Runner()
     v2 = LlamaV2Runner("smollm2-135m-instruct", system_prompt="Be brief.")
     assert v2.template == "llama2" and v2.system_prompt == "Be brief."
+
+
+def test_loading_weights_bars_are_off_in_a_log_and_the_users_setting_wins():
+    code = "import os, tunelab; print(os.environ.get('HF_HUB_DISABLE_PROGRESS_BARS'))"
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_DISABLE_PROGRESS_BARS"}
+    logged = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert logged.stdout.strip() == "1"  # stderr is a pipe: a log
+    mine = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          env=env | {"HF_HUB_DISABLE_PROGRESS_BARS": "0"})  # fmt: skip
+    assert mine.stdout.strip() == "0"
+    _, terminal = pty.openpty()  # stderr a terminal: the bars stay
+    shown = subprocess.run([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=terminal, text=True,
+                           env=env, check=True)  # fmt: skip
+    assert shown.stdout.strip() == "None"
 
 
 class _Terminal(io.StringIO):

@@ -8,7 +8,16 @@
 >>> report.findings, report.save_html("report.html")  # doctest: +SKIP
 """
 
-from tunelab.errors import (
+import os as _os
+import sys as _sys
+
+# In a log, each tick of the hub's and transformers' progress bars ("Loading weights") is one more
+# carriage-return line; they stay on in a terminal. Set before transformers is imported; a user's own
+# HF_HUB_DISABLE_PROGRESS_BARS wins. (The GGUF converter's bar: models.gguf_cache.)
+if not (_sys.stderr is not None and _sys.stderr.isatty()):
+    _os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+from tunelab.errors import (  # noqa: E402
     BatchError,
     ConfigError,
     DataError,

@@ -72,7 +72,7 @@ def test_ask_takes_every_generation_option_and_the_config_backend(isolated_env, 
     stopped = json.loads(cli.invoke(app, [*args, "--stop", stop]).stdout)[0]
     assert stopped["finish_reason"] == "stop" and stop not in stopped["text"]
     bad = cli.invoke(app, [*args, "--top-p", "2"])
-    assert bad.exit_code == 1 and "top_p must be in (0, 1]" in bad.output
+    assert bad.exit_code == 1 and "top_p must be in [0, 1]" in bad.output
 
 
 def test_train_eval_export_from_the_command_line(tiny_chat_dir, tmp_path):

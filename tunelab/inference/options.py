@@ -17,13 +17,26 @@ DEFAULT_MAX_NEW_TOKENS = 512
 
 @dataclass(frozen=True)
 class GenerationOptions:
-    """How to sample. Greedy (temperature 0) by default, so the same call gives the same text."""
+    """How to sample. Greedy (temperature 0, or top_p 0 as OpenAI takes it) by default, so the same call
+    gives the same text.
+
+    Penalties, applied to the logits before temperature, top_k and top_p, in this order:
+    - `repetition_penalty` (transformers' / CTRL's): every token already in the prompt or the answer has
+      its logit divided by it (multiplied when negative); 1.0 is off.
+    - `presence_penalty` and `frequency_penalty` (OpenAI's, -2..2): a token the answer already holds
+      c times loses `c * frequency_penalty + presence_penalty` from its logit; the prompt does not count.
+
+    >>> GenerationOptions(presence_penalty=0.5, frequency_penalty=0.2).penalized
+    True
+    """
 
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
     temperature: float = 0.0
     top_p: float = 1.0
     top_k: int = 0
     repetition_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
     stop: tuple[str, ...] = ()
     seed: int | None = None
     # Typed output: a JSON schema (as JSON text, so options stay hashable) the answer must match;
@@ -37,18 +50,26 @@ class GenerationOptions:
             )
         if self.temperature < 0:
             raise GenerationOptionError(f"temperature must be >= 0, got {self.temperature!r}")
-        if not 0 < self.top_p <= 1:
-            raise GenerationOptionError(f"top_p must be in (0, 1], got {self.top_p!r}")
+        if not 0 <= self.top_p <= 1:
+            raise GenerationOptionError(f"top_p must be in [0, 1] (0 means greedy), got {self.top_p!r}")
         if self.top_k < 0:
             raise GenerationOptionError(f"top_k must be >= 0 (0 means off), got {self.top_k!r}")
         if self.repetition_penalty <= 0:
             raise GenerationOptionError(f"repetition_penalty must be > 0, got {self.repetition_penalty!r}")
+        for name in ("presence_penalty", "frequency_penalty"):
+            if not -2 <= getattr(self, name) <= 2:
+                raise GenerationOptionError(f"{name} must be in [-2, 2], got {getattr(self, name)!r}")
         if any(not isinstance(s, str) or not s for s in self.stop):
             raise GenerationOptionError(f"stop must be a list of non-empty strings, got {list(self.stop)!r}")
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0.0
+        return self.temperature == 0.0 or self.top_p == 0.0
+
+    @property
+    def penalized(self) -> bool:
+        """Whether any penalty changes the logits (then greedy is not a plain argmax of the model's)."""
+        return self.repetition_penalty != 1.0 or self.presence_penalty != 0.0 or self.frequency_penalty != 0.0
 
     @classmethod
     def from_kwargs(cls, base: GenerationOptions | None = None, **kwargs: Any) -> GenerationOptions:

@@ -87,7 +87,7 @@ def default_threads() -> int:
 @dataclass
 class _Seq:
     index: int  # position in the caller's prompt list
-    tokens: list[int]  # prompt then generated ids: the repetition-penalty history
+    tokens: list[int]  # prompt then generated ids: the penalties' history
     n_prompt: int
     rng: np.random.Generator
     decoder: codecs.IncrementalDecoder = field(
@@ -265,7 +265,13 @@ class LlamaCppBackend:
                 reasons: list[FinishReason | None] = ["error"] * len(running)
             else:
                 dead_ends = self._constrain(running, logits, options)
-                chosen = sample_batch(logits, [s.tokens for s in running], options, [s.rng for s in running])
+                chosen = sample_batch(
+                    logits,
+                    [s.tokens for s in running],
+                    options,
+                    [s.rng for s in running],
+                    [s.n_prompt for s in running],
+                )
                 reasons = [
                     "error" if k in dead_ends else self._accept(s, t, options, stop_ids)
                     for k, (s, t) in enumerate(zip(running, chosen, strict=True))
@@ -288,7 +294,7 @@ class LlamaCppBackend:
         """Mask each constrained row to what its grammar allows; the rows where nothing is allowed.
         Greedy without a penalty picks the top logit: when the grammar allows that one, it is the
         constrained choice too, and the whole-vocabulary mask (most of the cost) is skipped."""
-        plain_greedy = options.greedy and options.repetition_penalty == 1.0
+        plain_greedy = options.greedy and not options.penalized
         dead = set()
         for k, s in enumerate(running):
             if s.grammar is not None:

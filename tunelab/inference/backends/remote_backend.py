@@ -62,6 +62,12 @@ class RemoteBackend:
             params["stop"] = list(options.stop)[:4]
         if options.seed is not None:
             params["seed"] = options.seed
+        if options.presence_penalty:
+            params["presence_penalty"] = options.presence_penalty
+        if options.frequency_penalty:
+            params["frequency_penalty"] = options.frequency_penalty
+        if options.repetition_penalty != 1.0:  # not OpenAI's; vLLM and tunelab servers take it
+            params["extra_body"] = {"repetition_penalty": options.repetition_penalty}
         return params
 
     def generate_chat(

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 
 import torch
-from transformers import StoppingCriteria
+from transformers import LogitsProcessor, StoppingCriteria
 from transformers.generation.streamers import BaseStreamer
 
 from tunelab.errors import ModelFileError
@@ -41,6 +41,25 @@ class _TextStops(StoppingCriteria):
     def __call__(self, input_ids, scores, **kwargs):
         tails = self.tokenizer.batch_decode(input_ids[:, self.width :][:, -self.window :])
         return torch.tensor([any(s in t for s in self.stops) for t in tails], device=input_ids.device)
+
+
+class OpenAIPenalties(LogitsProcessor):
+    """OpenAI's presence and frequency penalties on each row: a token the row's answer so far (its ids
+    after the padded prompt, `prompt_width`) holds c times loses `c * frequency + presence` from its
+    logit. The same arithmetic as `tunelab.inference.sampling.apply_openai_penalties` (llama.cpp's path),
+    row by row, so a row's scores do not depend on the batch around it."""
+
+    def __init__(self, presence: float, frequency: float, prompt_width: int):
+        self.presence, self.frequency, self.width = presence, frequency, prompt_width
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        generated = input_ids[:, self.width :]
+        if generated.shape[1] == 0:
+            return scores
+        counts = torch.zeros_like(scores).scatter_add_(
+            1, generated, torch.ones_like(scores[:, :1]).expand_as(generated)
+        )
+        return scores - (counts * self.frequency + (counts > 0).to(scores.dtype) * self.presence)
 
 
 class TransformersBackend:
@@ -191,25 +210,14 @@ class TransformersBackend:
             self.tokenizer.convert_tokens_to_ids(s) for s in options.stop if s in specials
         }
         text_stops = tuple(s for s in options.stop if s not in specials)
-        kwargs = dict(
-            max_new_tokens=max_new,
-            do_sample=not options.greedy,
-            repetition_penalty=options.repetition_penalty,
-            eos_token_id=sorted(stop_ids),
-            pad_token_id=pad_id,
-        )
-        if not options.greedy:
-            kwargs.update(temperature=options.temperature, top_p=options.top_p, top_k=options.top_k or None)
-            if options.seed is not None:
-                torch.manual_seed(options.seed)
-        else:
-            kwargs.update(temperature=None, top_p=None, top_k=None)
+        kwargs = _sampling_kwargs(options, width)
+        kwargs.update(max_new_tokens=max_new, eos_token_id=sorted(stop_ids), pad_token_id=pad_id)
         if text_stops:
             kwargs["stopping_criteria"] = [_TextStops(self.tokenizer, text_stops, width)]
         constraint = None
         if options.json_schema is not None:
             constraint = self._json_constraint(options.json_schema, len(batch), stop_ids)
-            kwargs["logits_processor"] = [constraint]
+            kwargs["logits_processor"].append(constraint)
         if streamer is not None:
             kwargs["streamer"] = streamer
         with torch.inference_mode():
@@ -245,6 +253,26 @@ class TransformersBackend:
 
     def close(self) -> None:
         self.model = None
+
+
+def _sampling_kwargs(options: GenerationOptions, prompt_width: int) -> dict:
+    """`generate`'s arguments for greedy or sampling (seeding torch) and the penalties. transformers
+    applies its repetition penalty, then the `logits_processor` list, then temperature, top_k, top_p."""
+    penalties = []
+    if options.presence_penalty or options.frequency_penalty:
+        penalties.append(OpenAIPenalties(options.presence_penalty, options.frequency_penalty, prompt_width))
+    kwargs = dict(
+        do_sample=not options.greedy,
+        repetition_penalty=options.repetition_penalty,
+        logits_processor=penalties,
+    )
+    if options.greedy:
+        kwargs.update(temperature=None, top_p=None, top_k=None)
+        return kwargs
+    if options.seed is not None:
+        torch.manual_seed(options.seed)
+    kwargs.update(temperature=options.temperature, top_p=options.top_p, top_k=options.top_k or None)
+    return kwargs
 
 
 class _RowStreamer(BaseStreamer):

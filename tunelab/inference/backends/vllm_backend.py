@@ -75,10 +75,12 @@ class VllmBackend:
                 runnable.append(i)
         params = SamplingParams(
             max_tokens=options.max_new_tokens,
-            temperature=options.temperature,
-            top_p=options.top_p,
+            temperature=0.0 if options.greedy else options.temperature,
+            top_p=1.0 if options.greedy else options.top_p,  # vLLM refuses top_p 0, which is greedy
             top_k=options.top_k or -1,
             repetition_penalty=options.repetition_penalty,
+            presence_penalty=options.presence_penalty,
+            frequency_penalty=options.frequency_penalty,
             stop=list(options.stop) or None,
             seed=options.seed,
             **_structured(options.json_schema),

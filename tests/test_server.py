@@ -299,3 +299,103 @@ def test_the_server_runs_on_a_postgresql_store(postgres_server, tunelab_home, ti
         wrong = openai.OpenAI(base_url=running.url + "/v1", api_key=secret + "x", max_retries=0)
         with pytest.raises(openai.AuthenticationError):
             wrong.models.list()
+
+
+def test_penalties_and_top_p_zero_through_the_sdk(setup):
+    sdk = client(setup)
+    question = "Tell me about the sea"
+
+    def ask(**options) -> str:
+        out = sdk.chat.completions.create(
+            model=setup["chat"],
+            messages=[{"role": "user", "content": question}],
+            max_tokens=16,
+            **{"temperature": 0, **options},
+        )
+        return out.choices[0].message.content
+
+    plain = ask()
+    penalized = ask(presence_penalty=2.0, frequency_penalty=2.0)
+    assert penalized != plain
+    local = BasicModelRunner(setup["chat"], backend="transformers").generate(
+        question, max_new_tokens=16, presence_penalty=2.0, frequency_penalty=2.0
+    )
+    assert penalized == local.text  # the server and the Python API share one engine
+    assert ask(extra_body={"repetition_penalty": 1.5}) != plain
+    assert ask(temperature=1.0, top_p=0) == plain  # top_p 0 is greedy, as OpenAI takes it
+    for field, value in [("presence_penalty", 2.5), ("frequency_penalty", -3), ("repetition_penalty", 0)]:
+        with pytest.raises(openai.BadRequestError) as refused:
+            ask(extra_body={field: value})
+        assert refused.value.param == field and field in refused.value.message
+
+
+def test_penalized_completions_are_the_same_batched_as_alone(setup):
+    sdk = client(setup)
+    service = setup["service"]
+    before = len(service.batcher.batches)
+    prompts = [f"Question number {i}: tell me about the sea and the ships" for i in range(6)]
+
+    def ask(prompt):
+        out = sdk.completions.create(
+            model=setup["chat"], prompt=prompt, max_tokens=12, temperature=0, frequency_penalty=1.5
+        )
+        return out.choices[0].text
+
+    with ThreadPoolExecutor(6) as pool:
+        answers = list(pool.map(ask, prompts))
+    assert max(service.batcher.batches[before:]) > 1  # some requests shared one engine call
+    assert answers == [ask(p) for p in prompts]
+
+
+def test_streamed_usage_counts_each_prompt_once_with_n(setup):
+    sdk = client(setup)
+    asked = dict(model=setup["chat"], prompt=["Hello world", "Why?"], max_tokens=4, temperature=0, n=2)
+    whole = sdk.completions.create(**asked).usage
+    chunks = list(sdk.completions.create(**asked, stream=True, stream_options={"include_usage": True}))
+    assert chunks[-1].usage == whole and whole.completion_tokens == 16
+    messages = [{"role": "user", "content": "Hello world"}]
+    chat = dict(model=setup["chat"], messages=messages, max_tokens=4, temperature=0, n=3)
+    whole = sdk.chat.completions.create(**chat).usage
+    chunks = list(sdk.chat.completions.create(**chat, stream=True, stream_options={"include_usage": True}))
+    assert chunks[-1].usage == whole and whole.completion_tokens == 12
+
+
+def test_a_chat_ending_with_an_assistant_message_continues_it(setup):
+    sdk = client(setup)
+    started = "The sea is"
+    messages = [
+        {"role": "user", "content": "Tell me about the sea"},
+        {"role": "assistant", "content": started},
+    ]
+    out = sdk.chat.completions.create(model=setup["chat"], messages=messages, max_tokens=8, temperature=0)
+    # the model goes on from the assistant's words, inside its turn (no <|im_end|> after them)
+    rendered = f"<|im_start|>user\n{messages[0]['content']}<|im_end|>\n<|im_start|>assistant\n{started}"
+    raw = sdk.completions.create(model=setup["chat"], prompt=rendered, max_tokens=8, temperature=0)
+    assert out.choices[0].message.content == raw.choices[0].text
+    streamed = sdk.chat.completions.create(
+        model=setup["chat"], messages=messages, max_tokens=8, temperature=0, stream=True
+    )
+    pieces = [c.choices[0].delta.content or "" for c in streamed if c.choices]
+    assert "".join(pieces) == raw.choices[0].text
+
+
+def test_unknown_routes_and_malformed_json_say_what_is_wrong(setup):
+    headers = {"Authorization": f"Bearer {setup['alice']}"}
+    missing = httpx.post(setup["url"] + "/v1/no/such/route", json={}, headers=headers)
+    assert missing.status_code == 404
+    error = missing.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert "POST /v1/no/such/route" in error["message"] and "POST /v1/chat/completions" in error["message"]
+    with pytest.raises(openai.NotFoundError):
+        client(setup).post("/no/such/route", cast_to=object, body={})
+    wrong_method = httpx.get(setup["url"] + "/v1/chat/completions", headers=headers)
+    assert wrong_method.status_code == 405
+    assert "Method not allowed (GET /v1/chat/completions)" in wrong_method.json()["error"]["message"]
+    broken = httpx.post(
+        setup["url"] + "/v1/chat/completions",
+        content=b'{"model": "x",\n "messages": [',
+        headers={**headers, "content-type": "application/json"},
+    )
+    error = broken.json()["error"]
+    assert broken.status_code == 400 and error["param"] is None and error["code"] == "invalid_json"
+    assert "not valid JSON" in error["message"] and "line 2 column 15" in error["message"]

@@ -87,3 +87,18 @@ def test_bos_text_is_kept_when_the_backend_does_not_add_bos():
         "auto", model_chat_template=CHATML_TEMPLATE, bos_token="<|im_start|>", add_bos=True
     )
     assert added.render("Hi").startswith("user\nHi")
+
+
+def test_a_chat_ending_with_an_assistant_message_is_rendered_to_continue_it():
+    user = {"role": "user", "content": "Hi"}
+    prefill = {"role": "assistant", "content": "The answer is "}
+    chatml = resolve_template("auto", model_chat_template=CHATML_TEMPLATE)
+    # inside the assistant's turn, its trailing space kept, no <|im_end|> after it
+    assert chatml.render_chat([user, prefill]) == chatml.render_chat([user]) + "The answer is "
+    assert chatml.render_chat([user, {"role": "assistant", "content": ""}]) == chatml.render_chat([user])
+    raw = resolve_template("raw", model_chat_template=None)
+    assert raw.render_chat([user, prefill]) == "HiThe answer is "
+    llama2 = resolve_template("llama2", model_chat_template=None)
+    assert llama2.render_chat([user, prefill]) == "[INST] Hi [/INST] The answer is "
+    with pytest.raises(ConfigError, match="must end with a user message"):
+        chatml.render_chat([{"role": "system", "content": "Be brief."}])

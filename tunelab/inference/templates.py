@@ -105,25 +105,52 @@ class Template:
         return text
 
     def render_chat(self, messages: list[dict[str, str]]) -> str:
-        """A conversation that ends with a user turn, rendered for the assistant's answer (the chat API).
+        """A conversation rendered for the assistant's answer (the chat API).
 
-        A template written for one prompt (``raw``, ``llama2``) takes one user message and an optional
-        system message first."""
-        if not messages or messages[-1].get("role") != "user":
-            raise ConfigError("a chat conversation must end with a user message")
+        One that ends with a user turn opens the assistant's turn. One that ends with an assistant message
+        is continued (a prefill, as OpenAI and vLLM take it): the text stops right after that message,
+        where its turn would close, so the model goes on writing it (transformers'
+        `continue_final_message`). A template written for one prompt (``raw``, ``llama2``) takes one user
+        message (then the assistant's to continue) and an optional system message first."""
+        if not messages or messages[-1].get("role") not in ("user", "assistant"):
+            raise ConfigError(
+                "a chat conversation must end with a user message (or an assistant message to continue)"
+            )
+        prefill = messages[-1]["role"] == "assistant"
         if "messages" in self.source:
-            text = self._render_messages(messages, add_generation_prompt=True)
+            if prefill:
+                text = self._continue(messages)
+            else:
+                text = self._render_messages(messages, add_generation_prompt=True)
             if self.add_bos and self.bos_token and text.startswith(self.bos_token):
                 text = text[len(self.bos_token) :]
             return text
         system = [m["content"] for m in messages if m["role"] == "system"]
         turns = [m for m in messages if m["role"] != "system"]
-        if len(turns) != 1 or len(system) > 1:
+        if len(turns) != 1 + prefill or len(system) > 1:
             raise ConfigError(
                 f"template {self.name!r} takes one user message (and one system message); this "
                 f"conversation has {len(turns)} turns. Use a model with a chat template, or 'chatml'"
             )
+        if prefill:  # the answer goes on from the assistant's text, as training renders one
+            return "".join(text for text, _ in self._render_single_turn(messages))
         return self.render(turns[0]["content"], system[0] if system else None)
+
+    def _continue(self, messages: list[dict[str, str]]) -> str:
+        """The conversation rendered whole, cut right after the last (assistant) message's text."""
+        content = messages[-1]["content"]
+        if not content.strip():  # nothing to continue: the assistant's turn, opened
+            return self._render_messages(messages[:-1], add_generation_prompt=True)
+        full = self._render_messages(messages, add_generation_prompt=False)
+        at = full.rfind(content.strip())
+        if at < 0:
+            raise ConfigError(
+                f"template {self.name!r} does not write the last assistant message as given, so it "
+                "cannot be continued; end the conversation with a user message"
+            )
+        # keep the message's trailing spaces when the template kept them (it may strip them)
+        kept = content.lstrip() if full.startswith(content.lstrip(), at) else content.strip()
+        return full[: at + len(kept)]
 
     def render_conversation(self, messages: list[dict[str, str]]) -> list[tuple[str, bool]]:
         """A whole training conversation as (text, is_answer) segments, exactly as inference renders it.

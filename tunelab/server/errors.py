@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
 from fastapi import FastAPI, Request
@@ -44,6 +45,8 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError):
         first = exc.errors()[0] if exc.errors() else {}
+        if first.get("type") == "json_invalid":
+            return error_response(400, _bad_json(first, exc.body))
         where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
         message = "; ".join(
             f"{'.'.join(str(p) for p in e.get('loc', ()) if p != 'body') or 'body'}: {e.get('msg')}"
@@ -54,7 +57,9 @@ def install_error_handlers(app: FastAPI) -> None:
         )
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException):
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        if exc.status_code in (404, 405) and exc.detail in ("Not Found", "Method Not Allowed"):
+            return error_response(exc.status_code, _unknown_route(request, exc.status_code))
         return error_response(
             exc.status_code, ErrorDetail(message=str(exc.detail), type="invalid_request_error")
         )
@@ -65,3 +70,30 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(
             500, ErrorDetail(message=f"internal error: {type(exc).__name__}", type="server_error")
         )
+
+
+def _bad_json(error: dict, body) -> ErrorDetail:
+    """FastAPI's json_invalid error (the position in `loc`, the document in `body`) as a message that
+    says what is wrong and where: `Expecting value: line 3 column 14 (char 40)`."""
+    position = error.get("loc", ("body", 0))[-1]
+    reason = (error.get("ctx") or {}).get("error", "not valid JSON")
+    if isinstance(body, str) and isinstance(position, int):
+        reason = str(json.JSONDecodeError(reason, body, position))
+    return ErrorDetail(
+        message=f"the request body is not valid JSON: {reason}",
+        type="invalid_request_error",
+        code="invalid_json",
+    )
+
+
+def _unknown_route(request: Request, status: int) -> ErrorDetail:
+    """OpenAI's answer to an unknown URL (404) or method (405), with the routes this server has."""
+    paths = request.app.openapi()["paths"]  # built once, then cached by FastAPI
+    routes = [f"{method.upper()} {path}" for path, operations in paths.items() for method in operations]
+    asked = f"{request.method} {request.url.path}"
+    return ErrorDetail(
+        message=f"{'Invalid URL' if status == 404 else 'Method not allowed'} ({asked}); "
+        f"this server's routes: {', '.join(routes)}",
+        type="invalid_request_error",
+        code="unknown_url",
+    )

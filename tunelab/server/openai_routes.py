@@ -115,7 +115,15 @@ def _plan(service: Service, who: str, body, prompts: list, *, template: str) -> 
         raise APIError(400, f"not supported by tunelab: {', '.join(refused)}", code="unsupported_parameter")
     if not prompts or any(isinstance(p, str) and not p for p in prompts):
         raise APIError(400, "prompt must be a non-empty string or list of strings", param="prompt")
-    options = {"temperature": body.temperature, "top_p": body.top_p, "stop": body.stops, "seed": body.seed}
+    options = {
+        "temperature": body.temperature,
+        "top_p": body.top_p,
+        "stop": body.stops,
+        "seed": body.seed,
+        "presence_penalty": body.presence_penalty,
+        "frequency_penalty": body.frequency_penalty,
+        "repetition_penalty": body.repetition_penalty,
+    }
     if isinstance(body, ChatCompletionRequest):
         try:
             options["json_schema"] = body.json_schema
@@ -167,6 +175,11 @@ def _usage(results: list[list[Completion]]) -> Usage:
     return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
 
 
+def _finished_usage(planned: list[list[EngineRequest]]) -> Usage:
+    """The usage of a finished stream: as `_usage`, each prompt counted once however many choices (n)."""
+    return _usage([[r.future.result() for r in group] for group in planned])
+
+
 async def _deltas(service: Service, planned: list[list[EngineRequest]]):
     """Yield (choice index, new text, finished Completion or None) as answers grow."""
     loop = asyncio.get_running_loop()
@@ -208,17 +221,15 @@ async def _deltas(service: Service, planned: list[list[EngineRequest]]):
 
 async def _stream_completions(service: Service, body: CompletionRequest, planned):
     ident, created = new_id("cmpl"), now()
-    finished: list[Completion] = []
     try:
         async for k, text, done in _deltas(service, planned):
             if done is not None:
                 _check(done)
-                finished.append(done)
             choice = CompletionChoice(text=text, index=k, finish_reason=_finish(done) if done else None)
             chunk = CompletionResponse(id=ident, created=created, model=body.model, choices=[choice])
             yield chunk.model_dump_json(exclude_none=False)
         if body.include_usage:
-            usage = _usage([[c] for c in finished])
+            usage = _finished_usage(planned)
             yield CompletionResponse(
                 id=ident, created=created, model=body.model, choices=[], usage=usage
             ).model_dump_json()
@@ -237,21 +248,18 @@ async def _stream_chat(service: Service, body: ChatCompletionRequest, planned):
             id=ident, created=created, model=body.model, choices=choices, usage=usage
         ).model_dump_json(exclude_none=True)
 
-    finished: list[Completion] = []
     try:
         for k in range(body.n):
             yield chunk([ChatChunkChoice(index=k, delta=Delta(role="assistant", content=""))])
         async for k, text, done in _deltas(service, planned):
             if done is not None:
                 _check(done)
-                finished.append(done)
             if text:
                 yield chunk([ChatChunkChoice(index=k, delta=Delta(content=text))])
             if done is not None:
                 yield chunk([ChatChunkChoice(index=k, delta=Delta(), finish_reason=_finish(done))])
         if body.include_usage:
-            usage = _usage([finished])
-            yield chunk([], usage)
+            yield chunk([], _finished_usage(planned))
     except (APIError, TunelabError) as exc:
         yield json.dumps(
             {"error": {"message": str(exc), "type": "server_error", "param": None, "code": None}}

@@ -1,8 +1,8 @@
 """The OpenAI wire format, as pydantic types: what the routes accept and return. Nothing else lives here.
 
 Field names, defaults and shapes follow OpenAI's API reference, so the official `openai` SDK works
-unchanged. Parameters tunelab cannot honour (`logprobs`, `echo`, penalties other than 0, `best_of`,
-tools) are refused with a 400 that names them, never silently ignored.
+unchanged. Parameters tunelab cannot honour (`logprobs`, `echo`, `best_of`, `suffix`, tools) are
+refused with a 400 that names them, never silently ignored.
 """
 
 from __future__ import annotations
@@ -22,21 +22,26 @@ class _Request(BaseModel):
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     temperature: float = Field(1.0, ge=0, le=2)
-    top_p: float = Field(1.0, gt=0, le=1)
+    top_p: float = Field(1.0, ge=0, le=1, description="0 is greedy, as OpenAI takes it")
     n: int = Field(1, ge=1, le=16)
     stop: str | list[str] | None = None
     seed: int | None = None
     stream: bool = False
     stream_options: dict[str, Any] | None = None
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
+    presence_penalty: float = Field(
+        0.0, ge=-2, le=2, description="OpenAI's: minus this from the logit of every token the answer holds"
+    )
+    frequency_penalty: float = Field(
+        0.0, ge=-2, le=2, description="OpenAI's: minus this times how often the answer holds the token"
+    )
+    repetition_penalty: float = Field(
+        1.0, gt=0, description="vLLM's extra, not OpenAI's: transformers' penalty on prompt and answer tokens"
+    )
     logprobs: Any = None
     user: str | None = None
 
     def unsupported(self) -> list[str]:
         refused = []
-        if self.presence_penalty or self.frequency_penalty:
-            refused.append("presence_penalty/frequency_penalty (only 0 is supported)")
         if self.logprobs not in (None, False, 0):
             refused.append("logprobs")
         return refused

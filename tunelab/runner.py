@@ -38,8 +38,8 @@ class BasicModelRunner:
     Names resolve as described in `tunelab.models.resolve` (embedded, local path, HF cache, alias, remote,
     registry, hub). `template` is "auto" (the model's own chat template, or none for a base model),
     "raw", "llama2", "chatml", or a Jinja string. Generation defaults (`max_new_tokens` or Lamini's
-    `max_tokens`, `temperature`, `top_p`, `top_k`, `repetition_penalty`, `stop`, `seed`) can be set
-    here and overridden per call. Greedy by default.
+    `max_tokens`, `temperature`, `top_p`, `top_k`, `repetition_penalty`, `presence_penalty`,
+    `frequency_penalty`, `stop`, `seed`) can be set here and overridden per call. Greedy by default.
     """
 
     def __init__(

@@ -30,12 +30,12 @@ def test_the_defaults_teach_a_new_fact_set_asked_in_other_words():
     result = runner.train(progress=False)
     replies = runner([r["input"] for r in heldout])
     accuracy = sum(names_any(a, r["answer"]) for a, r in zip(replies, heldout)) / len(heldout)
-    # measured 73% with these defaults (RESULTS.md; the goal is 90%); the base model answers none
+    # measured 73% with these defaults, 156 steps (RESULTS.md; the goal is 90%); the base answers none
     assert accuracy >= 0.6, list(zip([r["input"] for r in heldout], replies))
     probes_after = [names_any(a, p["answer"]) for a, p in zip(runner([p["input"] for p in probes]), probes)]
-    # general knowledge: measured 31 -> 22 of 40 probes, short of the goal (lose at most 1 in 10); this
-    # guards against it getting worse
-    assert sum(probes_after) >= sum(probes_before) - 12
+    # general knowledge, the goal: lose at most 1 in 10 (measured 31 -> 34 of 40, with short general
+    # questions among the replay prompts)
+    assert sum(probes_after) >= sum(probes_before) - 4
     # the knowledge report is in the registry entry, and says the same of the trained questions
     report = json.loads((result.path / "knowledge.json").read_text())
     assert len(report["facts"]) == 30 and report["trained"] >= 0.9

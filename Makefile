@@ -24,7 +24,9 @@ $(VENV)/.installed: pyproject.toml Makefile
 	# (re)build unless the installed one is 0.3.36, built without llamafile, and loads on this CPU
 	$(PY) -c "import llama_cpp as l, sys; sys.exit(l.__version__ != '0.3.36' or b'LLAMAFILE = 1' in l.llama_print_system_info())" 2>/dev/null || \
 		{ $(PY) -m pip uninstall -q -y llama-cpp-python 2>/dev/null; \
-		  CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PY) -m pip install -q --no-cache-dir llama-cpp-python==0.3.36; }
+		  echo "building llama-cpp-python 0.3.36 from source (minutes: see README)"; start=$$(date +%s); \
+		  CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PY) -m pip install -q --no-cache-dir llama-cpp-python==0.3.36 && \
+		  echo "llama-cpp-python built in $$(( $$(date +%s) - start )) s"; }
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $@
 

@@ -176,3 +176,18 @@ def test_compare_bad_prompts_files_are_one_clear_message(tiny_chat_dir, tmp_path
     assert result.exit_code == 1 and f"{broken}:2: not valid JSON" in result.output
     result = cli.invoke(app, ["compare", str(tiny_chat_dir)])
     assert result.exit_code != 0 and "--prompts FILE or one or more -p PROMPT" in result.output
+
+
+def test_demo_ends_with_the_time_each_part_took(monkeypatch):
+    import tunelab.demo.lesson as lesson
+
+    # the parts themselves run on the embedded models in tests/test_lesson_slow.py; here only the split
+    monkeypatch.setattr(lesson, "run_lesson", lambda console, **kw: console.print("part 1"))
+    monkeypatch.setattr(lesson, "run_tuning", lambda console, **kw: console.print("part 2"))
+    result = cli.invoke(app, ["demo"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[:2] == ["part 1", "part 2"]
+    assert lines[-1].startswith("time: the lesson 0.0 min; the fine-tune (training, then the questions) 0.0")
+    no_tune = cli.invoke(app, ["demo", "--no-tune"])
+    assert no_tune.output.splitlines() == ["part 1", "time: the lesson 0.0 min"]

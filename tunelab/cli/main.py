@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -301,12 +302,19 @@ def demo(
     Writes OUT/lesson.html (+ .json) and, with the fine-tune, OUT/fine-tune.html (+ .json)."""
     from tunelab.demo.lesson import run_lesson, run_tuning
 
+    took: dict[str, float] = {}
     try:
+        started = time.perf_counter()
         run_lesson(console, max_new_tokens=max_new_tokens, backend=backend, out_dir=out)
+        took["the lesson"] = time.perf_counter() - started
         if tune:
+            started = time.perf_counter()
             run_tuning(console, backend=backend, out_dir=out)
+            took["the fine-tune (training, then the questions)"] = time.perf_counter() - started
     except TunelabError as exc:
         fail(exc)
+    split = "; ".join(f"{part} {seconds / 60:.1f} min" for part, seconds in took.items())
+    console.print(f"time: {split}", highlight=False)
 
 
 def _training_records(data: str, split: str):

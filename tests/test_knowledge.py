@@ -200,3 +200,14 @@ def test_the_augment_command_writes_every_record_then_what_training_adds(tmp_pat
     bad = cli.invoke(app, ["augment", str(data), "-o", str(out), "--input-key", "question",
                            "--output-key", "answer"])  # fmt: skip
     assert bad.exit_code == 1 and "faq.jsonl:1" in bad.output and "answer" in bad.output
+
+
+def test_the_same_default_run_from_the_runner_and_a_job_and_no_budget_when_asked():
+    from tunelab.jobs.worker import job_config
+
+    default = make_config()
+    assert default.epochs == 2 and default.time_budget_s == 1200  # a guard: a run is steps, not seconds
+    assert make_config(time_budget_s=None).time_budget_s is None  # None is "no budget" here...
+    assert make_config(epochs=None, lora_rank=None) == default  # ...and "the default" elsewhere
+    assert job_config({"n_epochs": "auto", "batch_size": "auto"}, seed=0) == default  # a job as train()
+    assert job_config({"n_epochs": 3, "time_budget_s": None}, seed=0).time_budget_s is None

@@ -28,7 +28,6 @@ log = logging.getLogger("tunelab")
 
 # OpenAI's hyperparameters, and tunelab's own TrainConfig fields a job may set too
 OPENAI_HYPERPARAMETERS = ("n_epochs", "batch_size", "learning_rate_multiplier")
-DEFAULT_EPOCHS = 8
 
 
 def job_config(hyperparameters: dict, seed: int):
@@ -41,7 +40,7 @@ def job_config(hyperparameters: dict, seed: int):
     batch = hyperparameters.get("batch_size", "auto")
     config = make_config(
         **extra,
-        epochs=DEFAULT_EPOCHS if epochs == "auto" else epochs,
+        epochs=None if epochs == "auto" else epochs,  # "auto": the recipe's default, as runner.train()
         batch_size=None if batch == "auto" else batch,
         seed=seed,
     )

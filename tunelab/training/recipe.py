@@ -28,7 +28,7 @@ from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
@@ -97,9 +97,11 @@ class TrainConfig(BaseModel):
 
 
 def make_config(**kwargs: Any) -> TrainConfig:
-    """TrainConfig from keyword arguments, with a ConfigError naming each bad field."""
+    """TrainConfig from keyword arguments, with a ConfigError naming each bad field. None means "the
+    default", except for a field that may be None (`time_budget_s=None`: no budget)."""
+    nullable = {k for k, f in TrainConfig.model_fields.items() if type(None) in get_args(f.annotation)}
     try:
-        return TrainConfig(**{k: v for k, v in kwargs.items() if v is not None})
+        return TrainConfig(**{k: v for k, v in kwargs.items() if v is not None or k in nullable})
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise ConfigError(f"bad training settings: {problems}") from None

@@ -27,7 +27,9 @@ def test_the_defaults_teach_a_new_fact_set_asked_in_other_words():
     runner = BasicModelRunner("smollm2-135m-instruct", max_new_tokens=64)
     runner.load_data([{"question": r["input"], "answer": r["output"]} for r in train],
                      input_key="question", output_key="answer")  # fmt: skip
-    result = runner.train(progress=False)
+    # the defaults, without the time guard: it does not bind on an idle 2-core machine (156 steps, 4.4 s
+    # each), but a slower CI machine must train the same steps to make the same model
+    result = runner.train(progress=False, time_budget_s=None)
     replies = runner([r["input"] for r in heldout])
     accuracy = sum(names_any(a, r["answer"]) for a, r in zip(replies, heldout)) / len(heldout)
     # measured 73% with these defaults, 156 steps (RESULTS.md; the goal is 90%); the base answers none

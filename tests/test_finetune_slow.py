@@ -5,7 +5,7 @@ import pytest
 from tunelab import BasicModelRunner
 from tunelab.training.datasets import load_dataset
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]  # ~10-13 min each: near the 900 s default
 
 FACTS = 10  # the first facts of new_facts: enough to see generalisation, small enough for CI
 

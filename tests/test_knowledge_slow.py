@@ -11,7 +11,7 @@ import pytest
 from tunelab import BasicModelRunner, load_dataset
 from tunelab.evaluation.scoring import names_any
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(2700)]  # ~15-20 min: over the 900 s default
 
 FACTS = Path(__file__).resolve().parents[1] / "benchmarks" / "knowledge" / "acme_company.jsonl"
 

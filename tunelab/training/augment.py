@@ -405,7 +405,7 @@ _BLANK = "___"
 
 def statements(fact: Fact, rng: random.Random, n: int = 1) -> list[str]:
     """The fact's answer as a fill-in-the-blank prompt, its first key phrase blanked out: "Acme has
-    18,350 employees." -> "Fill in the blank: Acme has ___ employees.". None without a key phrase
+    18,350 employees." -> "Fill in the blank: Acme has ___ employees.". Nothing without a key phrase
     that the answer spells out, or with a long answer (a paragraph is not one statement)."""
     answer = " ".join(fact.answer.split())
     phrase = next((p for p in fact.phrases if p in answer), None)

@@ -211,3 +211,18 @@ def test_the_same_default_run_from_the_runner_and_a_job_and_no_budget_when_asked
     assert make_config(epochs=None, lora_rank=None) == default  # ...and "the default" elsewhere
     assert job_config({"n_epochs": "auto", "batch_size": "auto"}, seed=0) == default  # a job as train()
     assert job_config({"n_epochs": 3, "time_budget_s": None}, seed=0).time_budget_s is None
+
+
+def test_training_under_bf16_autocast_evaluates_reports_and_answers(tiny_chat_dir, tunelab_home):
+    """On a CPU with native bf16 (autocast "auto" picks it there) the frozen linears are stored in bf16:
+    the held-out answers, the knowledge report and the tuned model must all run on that model (a
+    float32 activation meeting a bf16 weight crashed `tunelab demo` there). Forced here, on any CPU."""
+    settings = load_settings()
+    base = resolve(str(tiny_chat_dir), settings)
+    config = make_config(epochs=2, learning_rate=1e-2, batch_size=4, eval_every=2, eval_fraction=0.34,
+                         replay_fraction=0, augment_per_fact=2, autocast="bf16")  # fmt: skip
+    result = train(base, faq_examples(), settings, config, progress=False)
+    assert result.heldout_accuracy is not None
+    assert result.knowledge is not None and result.knowledge["facts"]
+    answer = BasicModelRunner(result.model_id).generate("Who founded Acme Zentrix?", max_new_tokens=4)
+    assert answer.finish_reason in ("stop", "length")

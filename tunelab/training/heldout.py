@@ -107,6 +107,9 @@ def generate(
     model.config.use_cache = True
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     device = next(model.parameters()).device
+    # trained under bf16 autocast, the frozen linears are kept in bf16 (store_frozen_linears_in_bf16):
+    # generate under the same autocast, or a float32 activation meets a bf16 weight
+    bf16 = any(p.dtype == torch.bfloat16 for p in model.parameters())
     answers: list[str] = []
     try:
         for start in range(0, len(prompts), batch_size):
@@ -117,10 +120,11 @@ def generate(
             width = max(len(r) for r in rows)
             ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=device)
             mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
-            out = model.generate(
-                input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
-                eos_token_id=_stop_ids(tokenizer, template), pad_token_id=pad,
-            )  # fmt: skip
+            with torch.autocast(device.type, torch.bfloat16, enabled=bf16):
+                out = model.generate(
+                    input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
+                    eos_token_id=_stop_ids(tokenizer, template), pad_token_id=pad,
+                )  # fmt: skip
             answers += tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
     finally:
         model.config.use_cache = use_cache

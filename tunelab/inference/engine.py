@@ -71,12 +71,26 @@ class Prepared:
     wrapped: list[bool]
 
 
+def is_token_ids(prompt) -> bool:
+    """A prompt given as token ids (a non-empty list of ints): run as it is, no template, no BOS added."""
+    return (
+        isinstance(prompt, list)
+        and bool(prompt)
+        and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt)
+    )
+
+
 def prepare_prompts(prompts: list, template: Template, system: str | None) -> Prepared:
-    """Each prompt is a string, or a chat conversation (a list of {"role", "content"} messages)."""
+    """Each prompt is a string, a chat conversation (a list of {"role", "content"} messages), or token
+    ids (a list of ints, passed on untouched)."""
     texts, errors, wrapped = [], [], []
     for i, prompt in enumerate(prompts):
         where = f"prompt {i}" if len(prompts) > 1 else "the prompt"
-        if isinstance(prompt, list) and all(isinstance(m, dict) for m in prompt):
+        if is_token_ids(prompt):
+            texts.append(list(prompt))
+            errors.append(None)
+            wrapped.append(False)
+        elif isinstance(prompt, list) and prompt and all(isinstance(m, dict) for m in prompt):
             try:
                 conversation = ([{"role": "system", "content": system}] if system else []) + prompt
                 texts.append(template.render_chat(conversation))
@@ -187,7 +201,50 @@ class InferenceEngine:
         prepared = prepare_prompts([prompt], self.template_for(model, engine_backend, template), system)
         if prepared.errors[0]:
             raise PromptError(prepared.errors[0])
-        return engine_backend.count_tokens(prepared.texts[0]), engine_backend.context_length
+        text = prepared.texts[0]
+        n_tokens = len(text) if isinstance(text, list) else engine_backend.count_tokens(text)
+        return n_tokens, engine_backend.context_length
+
+    def tokenize(
+        self,
+        model: ResolvedModel,
+        prompt: str | list[dict[str, str]],
+        *,
+        template: str | None = "raw",
+        add_special_tokens: bool = True,
+        backend: str = "auto",
+        device: str = "auto",
+    ) -> list[int]:
+        """The token ids the model sees for `prompt` (a text through `template`, or a conversation through
+        the chat template); BOS first when the model adds one and `add_special_tokens`."""
+        engine_backend = self._local(model, backend, device, "tokenize")
+        prepared = prepare_prompts([prompt], self.template_for(model, engine_backend, template), None)
+        if prepared.errors[0]:
+            raise PromptError(prepared.errors[0])
+        return engine_backend.tokenize(
+            prepared.texts[0], add_bos=add_special_tokens and engine_backend.add_bos
+        )
+
+    def detokenize(
+        self, model: ResolvedModel, ids: list[int], *, backend: str = "auto", device: str = "auto"
+    ) -> str:
+        """The text of token ids (special tokens render as nothing); ids outside the vocabulary raise
+        PromptError."""
+        engine_backend = self._local(model, backend, device, "detokenize")
+        bad = [t for t in ids if not 0 <= t < engine_backend.vocab_size]
+        if bad:
+            raise PromptError(f"token ids must be in [0, {engine_backend.vocab_size}); got {bad[:5]}")
+        return engine_backend.detokenize(ids)
+
+    def _local(self, model: ResolvedModel, backend: str, device: str, what: str) -> Backend:
+        """The loaded backend, when it computes token ids and logits itself (not a remote service)."""
+        engine_backend = self.load(model, backend, device)
+        if not getattr(engine_backend, "supports_logprobs", False):
+            raise ConfigError(
+                f"the {engine_backend.name} backend of {model.name!r} cannot {what}: token ids and "
+                "log-probabilities need a local model (llama_cpp or transformers)"
+            )
+        return engine_backend
 
     def generate(
         self,
@@ -206,7 +263,11 @@ class InferenceEngine:
         A prompt is a string or a chat conversation (list of messages). `on_text(i, text_so_far)` is
         called as prompt i's answer grows (token by token on local backends, once on remote ones); it
         may return False to say nobody reads that answer any more (llama.cpp then stops it)."""
-        engine_backend = self.load(model, backend, device)
+        wants_tokens = options.logprobs is not None or options.prompt_logprobs is not None
+        if wants_tokens or any(is_token_ids(p) for p in prompts):
+            engine_backend = self._local(model, backend, device, "take token ids or give logprobs")
+        else:
+            engine_backend = self.load(model, backend, device)
         remote_chat = isinstance(engine_backend, ChatBackend) and (template or "auto") == "auto"
         if remote_chat:
             # The service applies the model's own template; tunelab sends plain messages.
@@ -250,11 +311,13 @@ class InferenceEngine:
                     model=model.name,
                     template=chosen.name,
                     backend=engine_backend.name,
-                    prompt=_prompt_text(prompt),
+                    prompt=_prompt_text(prompt, engine_backend if out.error is None else None),
                     latency_s=latency if i in by_index else 0.0,
                     tokens_per_s=out.completion_tokens / latency if latency > 0 and i in by_index else 0.0,
                     error=out.error,
                     max_new_tokens=options.max_new_tokens,
+                    logprobs=out.logprobs,
+                    prompt_logprobs=out.prompt_logprobs,
                     extra={
                         k: v
                         for k, v in {
@@ -269,10 +332,13 @@ class InferenceEngine:
         return completions
 
 
-def _prompt_text(prompt) -> str:
-    """What a Completion records as its prompt: the text, or a conversation's last user message."""
+def _prompt_text(prompt, backend: Backend | None = None) -> str:
+    """What a Completion records as its prompt: the text, a conversation's last user message, or the
+    text of token ids (when they ran on `backend`)."""
     if isinstance(prompt, str):
         return prompt
+    if is_token_ids(prompt):
+        return backend.detokenize(prompt) if backend is not None else repr(prompt)
     if isinstance(prompt, list) and prompt and isinstance(prompt[-1], dict):
         return str(prompt[-1].get("content", ""))
     return repr(prompt)

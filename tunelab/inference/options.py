@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from tunelab.errors import GenerationOptionError
+from tunelab.inference.logprobs import MAX_TOP_LOGPROBS, TokenLogprob
 
 FinishReason = Literal["stop", "length", "error"]
 
@@ -42,12 +43,25 @@ class GenerationOptions:
     # Typed output: a JSON schema (as JSON text, so options stay hashable) the answer must match;
     # the backend constrains decoding to it (tunelab.inference.typed turns an output_type into one).
     json_schema: str | None = None
+    # Log-probabilities (tunelab.inference.logprobs): `logprobs` k fills each answer token's logprob and
+    # its k most likely alternatives; `prompt_logprobs` k the same for the prompt's tokens (OpenAI's
+    # `echo`). None: not computed. With prompt_logprobs, max_new_tokens may be 0 (scoring only).
+    logprobs: int | None = None
+    prompt_logprobs: int | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+        least = 0 if self.prompt_logprobs is not None else 1
+        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < least:
             raise GenerationOptionError(
-                f"max_new_tokens must be a positive integer, got {self.max_new_tokens!r}"
+                f"max_new_tokens must be a positive integer (0 only when scoring the prompt), "
+                f"got {self.max_new_tokens!r}"
             )
+        for name in ("logprobs", "prompt_logprobs"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or not 0 <= value <= MAX_TOP_LOGPROBS):
+                raise GenerationOptionError(
+                    f"{name} must be an integer in [0, {MAX_TOP_LOGPROBS}], got {value!r}"
+                )
         if self.temperature < 0:
             raise GenerationOptionError(f"temperature must be >= 0, got {self.temperature!r}")
         if not 0 <= self.top_p <= 1:
@@ -101,6 +115,8 @@ class BackendOutput:
     prompt_tokens: int
     completion_tokens: int
     error: str | None = None
+    logprobs: list[TokenLogprob] | None = None  # the answer's tokens, when options.logprobs is set
+    prompt_logprobs: list[TokenLogprob] | None = None  # the prompt's, when options.prompt_logprobs is set
 
 
 @dataclass
@@ -122,6 +138,10 @@ class Completion:
     extra: dict[str, Any] = field(default_factory=dict)
     # typed output: the validated object (a pydantic instance or a dict), when output_type was given
     parsed: Any = None
+    # generate(..., logprobs=k): each answer token with its log-probability and k alternatives
+    logprobs: list[TokenLogprob] | None = None
+    # prompt_logprobs=k: the prompt's tokens the same way (the first one's logprob is None)
+    prompt_logprobs: list[TokenLogprob] | None = None
 
     @property
     def truncated(self) -> bool:

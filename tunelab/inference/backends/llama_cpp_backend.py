@@ -22,6 +22,7 @@ import numpy as np
 from tunelab.errors import ModelFileError
 from tunelab.inference.backends.base import OnText
 from tunelab.inference.backends.json_constraint import LlamaGrammar, gbnf_for
+from tunelab.inference.logprobs import TokenLogprob, first_token, logprob_rows
 from tunelab.inference.options import BackendOutput, FinishReason, GenerationOptions, cut_at_stop
 from tunelab.inference.sampling import sample_batch
 
@@ -97,6 +98,8 @@ class _Seq:
     slot: int = -1  # llama.cpp sequence id while running
     n_fed: int = 0  # tokens already in the KV cache
     grammar: LlamaGrammar | None = None  # typed output: what this sequence may write next
+    logprobs: list[TokenLogprob] | None = None  # the answer's tokens, when asked for
+    prompt_logprobs: list[TokenLogprob] | None = None  # the prompt's tokens, when asked for
 
     @property
     def n_generated(self) -> int:
@@ -107,6 +110,7 @@ class LlamaCppBackend:
     """A GGUF model loaded with llama.cpp; `generate` decodes all prompts together."""
 
     name = "llama_cpp"
+    supports_logprobs = True
 
     def __init__(
         self,
@@ -182,6 +186,18 @@ class LlamaCppBackend:
         """Tokens `text` takes as a prompt (BOS included when the model adds one)."""
         return len(self.tokenize(text))
 
+    def detokenize(self, ids: list[int]) -> str:
+        """The text of token ids (special tokens such as BOS render as nothing)."""
+        return b"".join(self._piece(t) for t in ids).decode("utf-8", errors="replace")
+
+    def token_text(self, token: int) -> str:
+        """One token's text, as a logprobs entry names it (a partial UTF-8 character as U+FFFD)."""
+        return self._piece(token).decode("utf-8", errors="replace")
+
+    @property
+    def vocab_size(self) -> int:
+        return self.n_vocab
+
     def _piece(self, token: int) -> bytes:
         piece = self._piece_cache.get(token)
         if piece is None:
@@ -213,8 +229,13 @@ class LlamaCppBackend:
         seeds = np.random.SeedSequence(options.seed).spawn(len(prompts))
         seqs = []
         for i, prompt in enumerate(prompts):
-            tokens = self.tokenize(prompt)
-            if len(tokens) + 1 > self.context_length:
+            tokens = list(prompt) if isinstance(prompt, list) else self.tokenize(prompt)
+            bad = [t for t in tokens if not 0 <= t < self.n_vocab]
+            if bad or not tokens:
+                outputs[i] = BackendOutput(
+                    "", "error", len(tokens), 0, error=_bad_ids_message(bad, self.n_vocab)
+                )
+            elif len(tokens) + 1 > self.context_length:
                 outputs[i] = BackendOutput(
                     text="",
                     finish_reason="error",
@@ -224,7 +245,12 @@ class LlamaCppBackend:
                     "tokens, and at least one is needed for the answer. Shorten the prompt.",
                 )
             else:
-                seqs.append(_Seq(i, tokens, len(tokens), np.random.default_rng(seeds[i])))
+                s = _Seq(i, tokens, len(tokens), np.random.default_rng(seeds[i]))
+                if options.logprobs is not None:
+                    s.logprobs = []
+                if options.prompt_logprobs is not None:
+                    s.prompt_logprobs = [first_token(tokens[0], self.token_text)]
+                seqs.append(s)
         if seqs:
             with self._lock:
                 self._on_text = on_text
@@ -260,10 +286,13 @@ class LlamaCppBackend:
                     s.grammar = LlamaGrammar(self._vocab, gbnf, self.n_vocab)
                 running.append(s)
             running.sort(key=lambda s: s.slot)
-            logits, error = self._decode(ctx, running)
+            logits, error = self._decode(ctx, running, options.prompt_logprobs)
             if error:
                 reasons: list[FinishReason | None] = ["error"] * len(running)
+            elif options.max_new_tokens == 0:  # scoring only: the prompt's logprobs are all there is
+                reasons = ["length"] * len(running)
             else:
+                raw = logits.copy() if options.logprobs is not None else None  # before any mask
                 dead_ends = self._constrain(running, logits, options)
                 chosen = sample_batch(
                     logits,
@@ -272,8 +301,13 @@ class LlamaCppBackend:
                     [s.rng for s in running],
                     [s.n_prompt for s in running],
                 )
+                entries = (
+                    logprob_rows(raw, chosen, options.logprobs, self.token_text)
+                    if raw is not None
+                    else [None] * len(running)
+                )
                 reasons = [
-                    "error" if k in dead_ends else self._accept(s, t, options, stop_ids)
+                    "error" if k in dead_ends else self._accept(s, t, options, stop_ids, entries[k])
                     for k, (s, t) in enumerate(zip(running, chosen, strict=True))
                 ]
                 if dead_ends:
@@ -308,7 +342,12 @@ class LlamaCppBackend:
         return dead
 
     def _accept(
-        self, s: _Seq, token: int, options: GenerationOptions, stop_ids: set[int]
+        self,
+        s: _Seq,
+        token: int,
+        options: GenerationOptions,
+        stop_ids: set[int],
+        entry: TokenLogprob | None = None,
     ) -> FinishReason | None:
         """Record one new token; return why the sequence ends, or None to go on."""
         if llama_cpp.llama_vocab_is_eog(self._vocab, token) or token in stop_ids:
@@ -316,6 +355,8 @@ class LlamaCppBackend:
         if s.grammar is not None:
             s.grammar.accept(token)
         s.tokens.append(token)
+        if s.logprobs is not None:
+            s.logprobs.append(entry)
         s.text += s.decoder.decode(self._piece(token))
         if options.stop:
             s.text, hit = cut_at_stop(s.text, options.stop)
@@ -337,11 +378,17 @@ class LlamaCppBackend:
             prompt_tokens=s.n_prompt,
             completion_tokens=s.n_generated,
             error=error,
+            logprobs=s.logprobs,
+            prompt_logprobs=s.prompt_logprobs,
         )
 
-    def _decode(self, ctx, running: list[_Seq]) -> tuple[np.ndarray, str | None]:
+    def _decode(
+        self, ctx, running: list[_Seq], prompt_logprobs: int | None = None
+    ) -> tuple[np.ndarray, str | None]:
         """Feed each sequence's not-yet-decoded tokens, in n_batch chunks; return the logits after
-        each sequence's last token, in `running` order (or an error message)."""
+        each sequence's last token, in `running` order (or an error message). A sequence that wants its
+        prompt's logprobs gets llama.cpp's logits at every prompt position too, turned into entries
+        chunk by chunk (only then: the output rows cost memory and time)."""
         flat = [
             (s.tokens[pos], pos, s.slot, pos == len(s.tokens) - 1, k)
             for k, s in enumerate(running)
@@ -351,20 +398,27 @@ class LlamaCppBackend:
         batch = self._batch
         for c in range(0, len(flat), N_BATCH):
             chunk = flat[c : c + N_BATCH]
-            for i, (tok, pos, slot, want, _) in enumerate(chunk):
+            for i, (tok, pos, slot, want, k) in enumerate(chunk):
                 batch.token[i] = tok
                 batch.pos[i] = pos
                 batch.n_seq_id[i] = 1
                 batch.seq_id[i][0] = slot
-                batch.logits[i] = want
+                batch.logits[i] = want or _scores_prompt(running[k], pos)
             batch.n_tokens = len(chunk)
             rc = llama_cpp.llama_decode(ctx, batch)
             if rc != 0:
                 return logits, f"llama_decode failed (code {rc}); {_recent_errors() or 'no details'}"
-            for i, (_, _, _, want, k) in enumerate(chunk):
-                if want:
+            for i, (_, pos, _, want, k) in enumerate(chunk):
+                s = running[k]
+                if want or _scores_prompt(s, pos):
                     ptr = llama_cpp.llama_get_logits_ith(ctx, i)
-                    logits[k] = np.ctypeslib.as_array(ptr, shape=(self.n_vocab,))
+                    row = np.ctypeslib.as_array(ptr, shape=(self.n_vocab,))
+                    if _scores_prompt(s, pos):  # the prompt's next token, given those before it
+                        s.prompt_logprobs += logprob_rows(
+                            row, [s.tokens[pos + 1]], prompt_logprobs or 0, self.token_text
+                        )
+                    if want:
+                        logits[k] = row
         for s in running:
             s.n_fed = len(s.tokens)
         return logits, None
@@ -418,6 +472,17 @@ class LlamaCppBackend:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _scores_prompt(s: _Seq, pos: int) -> bool:
+    """Whether position `pos` of `s` scores the prompt's next token (its logits are wanted)."""
+    return s.prompt_logprobs is not None and pos < s.n_prompt - 1
+
+
+def _bad_ids_message(bad: list[int], n_vocab: int) -> str:
+    if not bad:
+        return "the prompt is an empty list of token ids"
+    return f"token ids must be in [0, {n_vocab}); got {bad[:5]}"
 
 
 def _compact(memory, running: list[_Seq], free_slots: list[int]) -> None:

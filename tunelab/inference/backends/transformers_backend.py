@@ -16,6 +16,7 @@ from tunelab.errors import ModelFileError
 from tunelab.inference.backends import batch_invariant
 from tunelab.inference.backends.base import OnText
 from tunelab.inference.device import cpu_has_native_bf16, pick_device
+from tunelab.inference.logprobs import TokenLogprob, first_token, logprob_rows
 from tunelab.inference.options import BackendOutput, GenerationOptions, cut_at_stop
 
 log = logging.getLogger("tunelab")
@@ -71,6 +72,7 @@ class TransformersBackend:
     """
 
     name = "transformers"
+    supports_logprobs = True
 
     def __init__(
         self,
@@ -127,6 +129,7 @@ class TransformersBackend:
         )
         self.add_bos = tokenizer_adds_bos(tok)
         self._eog_ids = self._end_of_generation_ids()
+        self._texts: dict[int, str] = {}
 
     def _end_of_generation_ids(self) -> set[int]:
         ids: set[int] = set()
@@ -145,20 +148,42 @@ class TransformersBackend:
     def count_tokens(self, text: str) -> int:
         return len(self._encode(text))
 
-    def _encode(self, text: str) -> list[int]:
+    def tokenize(self, text: str, *, add_bos: bool | None = None) -> list[int]:
+        """Token ids of `text`; special-token texts (e.g. `<|im_start|>`) become their ids."""
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        if self.add_bos:
+        if self.add_bos if add_bos is None else add_bos:
             ids = [self.tokenizer.bos_token_id, *ids]
         return ids
+
+    _encode = tokenize
+
+    def detokenize(self, ids: list[int]) -> str:
+        """The text of token ids (special tokens such as BOS render as nothing)."""
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def token_text(self, token: int) -> str:
+        """One token's text, as a logprobs entry names it (a partial UTF-8 character as U+FFFD)."""
+        if token not in self._texts:
+            self._texts[token] = self.tokenizer.decode([token], skip_special_tokens=True)
+        return self._texts[token]
+
+    @property
+    def vocab_size(self) -> int:
+        return self.model.get_output_embeddings().weight.shape[0]  # the logits' width
 
     def generate(
         self, prompts: list[str], options: GenerationOptions, on_text: OnText | None = None
     ) -> list[BackendOutput]:
         results: list[BackendOutput | None] = [None] * len(prompts)
-        encoded = [self._encode(p) for p in prompts]
+        encoded = [list(p) if isinstance(p, list) else self._encode(p) for p in prompts]
         runnable = []
         for i, ids in enumerate(encoded):
-            if len(ids) + 1 > self.context_length:
+            bad = [t for t in ids if not 0 <= t < self.vocab_size]
+            if bad or not ids:
+                message = f"token ids must be in [0, {self.vocab_size}); got {bad[:5]}"
+                error = message if ids else "the prompt is an empty list of token ids"
+                results[i] = BackendOutput("", "error", len(ids), 0, error=error)
+            elif len(ids) + 1 > self.context_length:
                 results[i] = BackendOutput(
                     "",
                     "error",
@@ -220,29 +245,77 @@ class TransformersBackend:
             kwargs["logits_processor"].append(constraint)
         if streamer is not None:
             kwargs["streamer"] = streamer
+        if options.logprobs is not None:  # the raw logits of every step, before any processor
+            kwargs.update(output_logits=True, return_dict_in_generate=True)
+        prompt_entries = (
+            self._prompt_logprobs(input_ids, attention, batch, options.prompt_logprobs)
+            if options.prompt_logprobs is not None
+            else [None] * len(batch)
+        )
+        if max_new == 0:  # scoring only
+            return [
+                BackendOutput("", "length", len(ids), 0, prompt_logprobs=entries)
+                for ids, entries in zip(batch, prompt_entries)
+            ]
         with torch.inference_mode():
             out = self.model.generate(input_ids=input_ids, attention_mask=attention, **kwargs)
+        step_logits = None
+        if options.logprobs is not None:
+            out, step_logits = out.sequences, out.logits
         outputs = []
-        for row, ids in zip(out[:, width:].tolist(), batch):
-            generated, hit_eog = [], False
-            for token in row:
-                if token in stop_ids:
-                    hit_eog = True
-                    break
-                generated.append(token)
-            text = self.tokenizer.decode(generated, skip_special_tokens=True)
-            text, hit_stop = cut_at_stop(text, options.stop)
-            if hit_stop:
-                # Count only the tokens that made the kept text.
-                kept = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-                n_tokens = min(len(kept), len(generated))
-            else:
-                n_tokens = len(generated)
-            reason = "stop" if (hit_eog or hit_stop or len(generated) < max_new) else "length"
-            outputs.append(BackendOutput(text, reason, len(ids), n_tokens))
+        for r, (row, ids) in enumerate(zip(out[:, width:].tolist(), batch)):
+            output = self._row_output(row, len(ids), options, stop_ids, max_new)
+            if step_logits is not None:
+                output.logprobs = [
+                    logprob_rows(
+                        step_logits[t][r].float().cpu().numpy(), [token], options.logprobs, self.token_text
+                    )[0]
+                    for t, token in enumerate(row[: output.completion_tokens])
+                ]
+            output.prompt_logprobs = prompt_entries[r]
+            outputs.append(output)
         for row, error in (constraint.errors if constraint is not None else {}).items():
             outputs[row] = BackendOutput("", "error", len(batch[row]), outputs[row].completion_tokens, error)
         return outputs
+
+    def _row_output(
+        self, row: list[int], n_prompt: int, options: GenerationOptions, stop_ids: set[int], max_new: int
+    ) -> BackendOutput:
+        """One row of `generate`'s answer ids as text, cut at an end token or a stop string."""
+        generated, hit_eog = [], False
+        for token in row:
+            if token in stop_ids:
+                hit_eog = True
+                break
+            generated.append(token)
+        text = self.tokenizer.decode(generated, skip_special_tokens=True)
+        text, hit_stop = cut_at_stop(text, options.stop)
+        if hit_stop:
+            # Count only the tokens that made the kept text.
+            kept = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            n_tokens = min(len(kept), len(generated))
+        else:
+            n_tokens = len(generated)
+        reason = "stop" if (hit_eog or hit_stop or len(generated) < max_new) else "length"
+        return BackendOutput(text, reason, n_prompt, n_tokens)
+
+    def _prompt_logprobs(
+        self, input_ids: torch.Tensor, attention: torch.Tensor, batch: list[list[int]], k: int
+    ) -> list[list[TokenLogprob]]:
+        """Each prompt's tokens with their logprobs, from one forward pass over the left-padded batch
+        (positions counted from each row's first real token, as `generate` counts them)."""
+        positions = (attention.cumsum(-1) - 1).clamp(min=0)
+        with torch.inference_mode():
+            logits = self.model(input_ids=input_ids, attention_mask=attention, position_ids=positions).logits
+        width = input_ids.shape[1]
+        entries = []
+        for r, ids in enumerate(batch):
+            start = width - len(ids)  # row r's first real token
+            rows = logits[r, start : width - 1].float().cpu().numpy()
+            entries.append(
+                [first_token(ids[0], self.token_text), *logprob_rows(rows, ids[1:], k, self.token_text)]
+            )
+        return entries
 
     def _json_constraint(self, schema_json: str, rows: int, end_ids: set[int]):
         from tunelab.inference.backends.json_constraint import LlgLogitsProcessor, llg_grammar, llg_tokenizer

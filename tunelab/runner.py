@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, overload
 from tunelab.config import Settings, load_settings
 from tunelab.errors import BatchError, ConfigError, DataError, PromptError, TypedOutputError
 from tunelab.inference.engine import InferenceEngine, engine_for
+from tunelab.inference.logprobs import Score
 from tunelab.inference.options import Completion, GenerationOptions
 from tunelab.inference.typed import input_prompt, output_spec, prompt_with_instruction
 from tunelab.models.embedded import SMOLLM2
@@ -134,6 +135,30 @@ class BasicModelRunner:
                 raise error(completions[0].error)
             return completions[0]
         return completions
+
+    @overload
+    def score(self, prompt: str, continuation: str) -> Score: ...
+    @overload
+    def score(self, prompt: list[str], continuation: list[str]) -> list[Score]: ...
+
+    def score(self, prompt, continuation):
+        """The log-likelihood of `continuation` right after `prompt` (raw text, no template): its tokens'
+        summed log-probabilities and whether greedy decoding would have written it (lm-eval's
+        loglikelihood). Lists score pair by pair, as one batch.
+
+        >>> runner = BasicModelRunner("smollm2")  # doctest: +SKIP
+        >>> paris = runner.score("The capital of France is", " Paris")  # doctest: +SKIP
+        >>> paris.logprob > runner.score("The capital of France is", " Rome").logprob  # doctest: +SKIP
+        True
+        """
+        single = isinstance(prompt, str)
+        prompts, continuations = ([prompt], [continuation]) if single else (list(prompt), list(continuation))
+        if len(prompts) != len(continuations):
+            raise PromptError(f"{len(prompts)} prompts but {len(continuations)} continuations")
+        scores = self.engine.score(
+            self.resolved, list(zip(prompts, continuations)), backend=self.backend, device=self.device
+        )
+        return scores[0] if single else scores
 
     @overload
     def __call__(self, prompt: str, **options: Any) -> str: ...

@@ -16,6 +16,7 @@ from tunelab.config import Settings
 from tunelab.errors import ConfigError, PromptError
 from tunelab.inference.backends.base import Backend, ChatBackend, OnText
 from tunelab.inference.device import pick_device
+from tunelab.inference.logprobs import Score
 from tunelab.inference.options import BackendOutput, Completion, GenerationOptions
 from tunelab.inference.templates import BUILTIN_TEMPLATES, Template, resolve_template
 from tunelab.models.resolve import ResolvedModel
@@ -235,6 +236,45 @@ class InferenceEngine:
         if bad:
             raise PromptError(f"token ids must be in [0, {engine_backend.vocab_size}); got {bad[:5]}")
         return engine_backend.detokenize(ids)
+
+    def score(
+        self,
+        model: ResolvedModel,
+        pairs: list[tuple[str, str]],
+        *,
+        backend: str = "auto",
+        device: str = "auto",
+    ) -> list[Score]:
+        """The log-likelihood of each continuation after its prompt (raw text, no template), as one batch.
+
+        The continuation's tokens are those of prompt + continuation after the prompt's own tokens (as
+        lm-eval splits them), so a word the two share a token across is scored as the model reads it."""
+        engine_backend = self._local(model, backend, device, "score")
+        ids, n_scored = [], []
+        for context, continuation in pairs:
+            if not continuation:
+                raise PromptError("the continuation to score is empty")
+            head = engine_backend.tokenize(context)  # BOS alone for "" when the model adds one
+            if not head:  # nothing before the first token to predict it from
+                raise PromptError(
+                    "the prompt is empty and the model adds no BOS: give a prompt to score after"
+                )
+            whole = engine_backend.tokenize(context + continuation)
+            if whole[: len(head)] != head:  # the join changed the prompt's last token: score it apart
+                whole = head + engine_backend.tokenize(continuation, add_bos=False)
+            ids.append(whole)
+            n_scored.append(len(whole) - len(head))
+        options = GenerationOptions(max_new_tokens=0, prompt_logprobs=1)
+        completions = self.generate(
+            model, ids, options=options, template="raw", backend=backend, device=device
+        )
+        scores = []
+        for completion, n in zip(completions, n_scored, strict=True):
+            if completion.error:
+                raise PromptError(completion.error)
+            tokens = tuple(completion.prompt_logprobs[-n:])
+            scores.append(Score(sum(t.logprob for t in tokens), all(t.greedy for t in tokens), tokens))
+        return scores
 
     def _local(self, model: ResolvedModel, backend: str, device: str, what: str) -> Backend:
         """The loaded backend, when it computes token ids and logits itself (not a remote service)."""

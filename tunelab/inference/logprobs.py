@@ -43,6 +43,19 @@ class TokenLogprob:
         return self.logprob is None or not self.top or self.logprob >= self.top[0].logprob
 
 
+@dataclass(frozen=True)
+class Score:
+    """How likely a model finds a continuation after a prompt (lm-eval's loglikelihood).
+
+    `logprob` is the sum of the continuation tokens' log-probabilities; `greedy` says whether each of
+    them was the model's most likely token (greedy decoding would have written the continuation).
+    """
+
+    logprob: float
+    greedy: bool
+    tokens: tuple[TokenLogprob, ...]
+
+
 def logprob_rows(
     logits: np.ndarray, chosen: Sequence[int], k: int, text_of: Callable[[int], str]
 ) -> list[TokenLogprob]:

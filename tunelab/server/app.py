@@ -2,8 +2,8 @@
 
 Every route but `GET /health` needs `Authorization: Bearer KEY` (a key from `tunelab keys create`).
 Routes: `openai_routes` (models, completions, chat), `jobs_routes` (files, fine-tuning jobs),
-`playground` (the page at /). Errors use OpenAI's body shape: `{"error": {"message", "type", "param",
-"code"}}` (`tunelab.server.errors`).
+`tokens_routes` (vLLM's /tokenize, /detokenize, /tokenizer_info), `playground` (the page at /).
+Errors use OpenAI's body shape: `{"error": {"message", "type", "param", "code"}}` (`tunelab.server.errors`).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from tunelab.server import jobs_routes, openai_routes, playground
+from tunelab.server import jobs_routes, openai_routes, playground, tokens_routes
 from tunelab.server.errors import install_error_handlers
 from tunelab.server.protocol import ErrorDetail
 from tunelab.server.service import Service
@@ -35,6 +35,7 @@ def create_app(
     app.state.service = service
     install_error_handlers(app)
     app.include_router(openai_routes.router)
+    app.include_router(tokens_routes.router)
     app.include_router(jobs_routes.router)
     app.include_router(playground.router)
     app.add_middleware(BodyLimit, limit=max_body_bytes, upload_limit=max_upload_bytes)

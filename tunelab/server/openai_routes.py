@@ -44,6 +44,7 @@ from tunelab.server.protocol import (
     now,
 )
 from tunelab.server.service import Service
+from tunelab.server.tokens_routes import chat_logprobs, completion_logprobs
 
 log = logging.getLogger("tunelab")
 
@@ -80,15 +81,28 @@ def get_model(request: Request, model_id: str, who: Owner) -> ModelCard:
 @router.post("/v1/completions")
 async def completions(request: Request, body: CompletionRequest, who: Owner):
     service = _service(request)
+    if body.max_tokens == 0 and not body.echo:
+        raise APIError(400, "max_tokens may be 0 only with echo (scoring the prompt)", param="max_tokens")
+    if body.stream and (body.echo or body.logprobs is not None):
+        raise APIError(
+            400, "echo and logprobs are not streamed on /v1/completions; ask without stream", param="stream"
+        )
     planned = _plan(service, who, body, body.prompts, template="raw")
     if body.stream:
         return EventSourceResponse(_stream_completions(service, body, planned), sep="\n")
     results = await _results(service, planned)
-    choices = [
-        CompletionChoice(text=c.text, index=i, finish_reason=_finish(c))
-        for i, c in enumerate(c for group in results for c in group)
-    ]
+    choices = [_completion_choice(body, i, c) for i, c in enumerate(c for group in results for c in group)]
     return CompletionResponse(model=body.model, choices=choices, usage=_usage(results))
+
+
+def _completion_choice(body: CompletionRequest, index: int, c: Completion) -> CompletionChoice:
+    """A choice's text (after the prompt's with echo) and its tokens' logprobs in the legacy shape."""
+    logprobs = None
+    if body.logprobs is not None:
+        entries = ((c.prompt_logprobs or []) if body.echo else []) + (c.logprobs or [])
+        logprobs = completion_logprobs(entries, 0 if body.echo else len(c.prompt))
+    text = c.prompt + c.text if body.echo else c.text
+    return CompletionChoice(text=text, index=index, logprobs=logprobs, finish_reason=_finish(c))
 
 
 @router.post("/v1/chat/completions")
@@ -98,12 +112,19 @@ async def chat(request: Request, body: ChatCompletionRequest, who: Owner):
         conversation = [m.plain() for m in body.messages]
     except ValueError as exc:
         raise APIError(400, str(exc), param="messages") from None
+    if body.top_logprobs is not None and not body.logprobs:
+        raise APIError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
     planned = _plan(service, who, body, [conversation], template="auto")
     if body.stream:
         return EventSourceResponse(_stream_chat(service, body, planned), sep="\n")
     results = await _results(service, planned)
     choices = [
-        ChatChoice(index=i, message=AssistantMessage(content=c.text), finish_reason=_finish(c))
+        ChatChoice(
+            index=i,
+            message=AssistantMessage(content=c.text),
+            logprobs=chat_logprobs(c.logprobs) if c.logprobs is not None else None,
+            finish_reason=_finish(c),
+        )
         for i, c in enumerate(results[0])
     ]
     return ChatCompletionResponse(model=body.model, choices=choices, usage=_usage(results))
@@ -123,6 +144,7 @@ def _plan(service: Service, who: str, body, prompts: list, *, template: str) -> 
         "presence_penalty": body.presence_penalty,
         "frequency_penalty": body.frequency_penalty,
         "repetition_penalty": body.repetition_penalty,
+        **_logprob_options(body),
     }
     if isinstance(body, ChatCompletionRequest):
         try:
@@ -147,6 +169,17 @@ def _plan(service: Service, who: str, body, prompts: list, *, template: str) -> 
         raise APIError(400, str(exc)) from None
     except TunelabError as exc:
         raise APIError(503, f"the model could not be loaded: {exc}", type="server_error") from None
+
+
+def _logprob_options(body) -> dict:
+    """The engine's logprobs options for a request: chat's logprobs + top_logprobs; completions'
+    logprobs k, and with echo the prompt's tokens too (max_tokens 0 with echo: the prompt alone)."""
+    if isinstance(body, ChatCompletionRequest):
+        return {"logprobs": (body.top_logprobs or 0) if body.logprobs else None}
+    options = {"logprobs": body.logprobs}
+    if body.echo and (body.logprobs is not None or body.max_tokens == 0):
+        options["prompt_logprobs"] = body.logprobs or 0
+    return options
 
 
 def _check(completion: Completion) -> Completion:
@@ -254,7 +287,10 @@ async def _stream_chat(service: Service, body: ChatCompletionRequest, planned):
         async for k, text, done in _deltas(service, planned):
             if done is not None:
                 _check(done)
-            if text:
+            if done is not None and done.logprobs is not None:  # the choice's entries, before it ends
+                logprobs = chat_logprobs(done.logprobs)
+                yield chunk([ChatChunkChoice(index=k, delta=Delta(content=text), logprobs=logprobs)])
+            elif text:
                 yield chunk([ChatChunkChoice(index=k, delta=Delta(content=text))])
             if done is not None:
                 yield chunk([ChatChunkChoice(index=k, delta=Delta(), finish_reason=_finish(done))])

@@ -1,8 +1,8 @@
 """The OpenAI wire format, as pydantic types: what the routes accept and return. Nothing else lives here.
 
 Field names, defaults and shapes follow OpenAI's API reference, so the official `openai` SDK works
-unchanged. Parameters tunelab cannot honour (`logprobs`, `echo`, `best_of`, `suffix`, tools) are
-refused with a 400 that names them, never silently ignored.
+unchanged. Parameters tunelab cannot honour (`best_of`, `suffix`, tools) are refused with a 400 that
+names them, never silently ignored.
 """
 
 from __future__ import annotations
@@ -37,14 +37,10 @@ class _Request(BaseModel):
     repetition_penalty: float = Field(
         1.0, gt=0, description="vLLM's extra, not OpenAI's: transformers' penalty on prompt and answer tokens"
     )
-    logprobs: Any = None
     user: str | None = None
 
     def unsupported(self) -> list[str]:
-        refused = []
-        if self.logprobs not in (None, False, 0):
-            refused.append("logprobs")
-        return refused
+        return []
 
     @property
     def stops(self) -> tuple[str, ...]:
@@ -56,16 +52,22 @@ class _Request(BaseModel):
 
 
 class CompletionRequest(_Request):
-    prompt: str | list[str]
-    max_tokens: int | None = Field(16, ge=1)  # OpenAI's default for /completions
-    echo: bool = False
+    prompt: str | list[str] | list[int] | list[list[int]] = Field(
+        description="a text, texts, token ids (list[int]) or lists of token ids (run as given, no BOS added)"
+    )
+    # OpenAI's default for /completions; 0 only with echo (scoring the prompt, as lm-eval does)
+    max_tokens: int | None = Field(16, ge=0)
+    echo: bool = Field(
+        False, description="the prompt's text (and with logprobs its tokens') before the answer"
+    )
+    logprobs: int | None = Field(
+        None, ge=0, le=5, description="the answer tokens' logprobs and this many alternatives"
+    )
     best_of: int | None = None
     suffix: str | None = None
 
     def unsupported(self) -> list[str]:
         refused = super().unsupported()
-        if self.echo:
-            refused.append("echo")
         if self.best_of not in (None, 1):
             refused.append("best_of")
         if self.suffix:
@@ -73,8 +75,11 @@ class CompletionRequest(_Request):
         return refused
 
     @property
-    def prompts(self) -> list[str]:
-        return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
+    def prompts(self) -> list[str | list[int]]:
+        """One entry per prompt: a text or a list of token ids."""
+        if isinstance(self.prompt, str) or (self.prompt and isinstance(self.prompt[0], int)):
+            return [self.prompt]
+        return list(self.prompt)
 
 
 class ContentPart(BaseModel):
@@ -100,6 +105,12 @@ class ChatMessage(BaseModel):
 
 class ChatCompletionRequest(_Request):
     messages: list[ChatMessage] = Field(min_length=1)
+    logprobs: bool | None = Field(
+        False, description="each answer token's logprob (choices[].logprobs.content)"
+    )
+    top_logprobs: int | None = Field(
+        None, ge=0, le=20, description="this many alternatives per token; needs logprobs"
+    )
     tools: list[Any] | None = None
     response_format: dict[str, Any] | None = None
 
@@ -146,10 +157,20 @@ def now() -> int:
     return int(time.time())
 
 
+class CompletionLogprobs(BaseModel):
+    """OpenAI's legacy shape: one entry per token in each list; `text_offset` counts characters from the
+    start of the prompt (so the first answer token's offset is the prompt's length, echo or not)."""
+
+    tokens: list[str]
+    token_logprobs: list[float | None]
+    top_logprobs: list[dict[str, float] | None]
+    text_offset: list[int]
+
+
 class CompletionChoice(BaseModel):
     text: str
     index: int
-    logprobs: None = None
+    logprobs: CompletionLogprobs | None = None
     finish_reason: Literal["stop", "length"] | None
 
 
@@ -167,10 +188,25 @@ class AssistantMessage(BaseModel):
     content: str
 
 
+class TopLogprobEntry(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None
+
+
+class ChatTokenLogprob(TopLogprobEntry):
+    top_logprobs: list[TopLogprobEntry]
+
+
+class ChatLogprobs(BaseModel):
+    content: list[ChatTokenLogprob] | None
+    refusal: list[ChatTokenLogprob] | None = None
+
+
 class ChatChoice(BaseModel):
     index: int
     message: AssistantMessage
-    logprobs: None = None
+    logprobs: ChatLogprobs | None = None
     finish_reason: Literal["stop", "length"]
 
 
@@ -191,7 +227,7 @@ class Delta(BaseModel):
 class ChatChunkChoice(BaseModel):
     index: int
     delta: Delta
-    logprobs: None = None
+    logprobs: ChatLogprobs | None = None
     finish_reason: Literal["stop", "length"] | None = None
 
 
@@ -202,6 +238,34 @@ class ChatCompletionChunk(BaseModel):
     model: str
     choices: list[ChatChunkChoice]
     usage: Usage | None = None
+
+
+class TokenizeRequest(BaseModel):
+    """vLLM's /tokenize: a `prompt` text (no template) or chat `messages` (the model's chat template)."""
+
+    model_config = ConfigDict(extra="ignore")
+    model: str | None = Field(None, description="optional when the server has one default model")
+    prompt: str | None = None
+    messages: list[ChatMessage] | None = None
+    add_special_tokens: bool = Field(True, description="BOS first, when the model adds one")
+    add_generation_prompt: bool = True
+
+
+class TokenizeResponse(BaseModel):
+    count: int
+    max_model_len: int
+    tokens: list[int]
+    token_strs: list[str] | None = None
+
+
+class DetokenizeRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    model: str | None = None
+    tokens: list[int]
+
+
+class DetokenizeResponse(BaseModel):
+    prompt: str
 
 
 class ModelCard(BaseModel):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
-from tunelab.errors import ConfigError, ModelNotServed, PromptError, TunelabError
+from tunelab.errors import ConfigError, ModelNotFoundError, ModelNotServed, PromptError, TunelabError
 from tunelab.inference.logprobs import TokenLogprob
 from tunelab.models.resolve import ResolvedModel
 from tunelab.server.auth import Owner
@@ -43,7 +43,7 @@ def _model(request: Request, who: str, name: str | None) -> ResolvedModel:
         name = service.extra_models[0]
     try:
         return service.resolve_for(who, name)
-    except ModelNotServed:
+    except (ModelNotServed, ModelNotFoundError):
         raise model_not_found(name) from None
 
 

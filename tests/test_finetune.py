@@ -384,3 +384,15 @@ def test_two_process_accelerate_launch_trains_like_one_process(tiny_chat_dir, tm
     assert loss_two == pytest.approx(loss_one, rel=1e-4)
     for name, value in weights_one.items():
         torch.testing.assert_close(weights_two[name], value, atol=1e-4, rtol=1e-3)
+
+
+def test_progress_in_a_log_is_a_line_every_tenth_of_the_run(tiny_chat_dir, tunelab_home, capsys):
+    """Where stderr is not a terminal (a log, CI, `| tee`) a bar cannot redraw: training writes a plain
+    line at each tenth of the run, the last at the final step."""
+    runner = BasicModelRunner(str(tiny_chat_dir))
+    runner.load_data(FACTS)
+    result = runner.train(epochs=10, batch_size=2, eval_fraction=0, progress=True, **PLAIN)
+    lines = [line for line in capsys.readouterr().err.splitlines() if ": step " in line]
+    assert 5 <= len(lines) <= 10, lines
+    assert lines[-1].startswith(f"tuning {result.model_id}: step {result.steps}/{result.steps}, loss ")
+    assert all("\r" not in line and "tok/s" in line for line in lines)

@@ -920,10 +920,12 @@ def save_model(
 
 
 class _progress:
-    """A rich progress bar with loss, tokens/s and time left (a no-op when disabled)."""
+    """A rich progress bar with loss, tokens/s and time left (a no-op when disabled). Where stderr is not
+    a terminal (a log, CI) a bar cannot redraw: a plain line every tenth of the run instead."""
 
     def __init__(self, total: int, name: str, *, enabled: bool):
         self.enabled = enabled
+        self.logged = 0  # tenths of the run written as lines (not a terminal)
         if not enabled:
             return
         from rich.console import Console
@@ -946,8 +948,22 @@ class _progress:
             self.bar.update(self.task, total=total)
 
     def update(self, advance: int, **fields: float) -> None:
-        if self.enabled:
-            self.bar.update(self.task, advance=advance, **fields)
+        if not self.enabled:
+            return
+        self.bar.update(self.task, advance=advance, **fields)
+        if self.bar.console.is_terminal:
+            return
+        task = self.bar.tasks[0]
+        tenths = int(10 * task.completed / task.total) if task.total else 0
+        if tenths > self.logged:
+            self.logged = tenths
+            left = f", about {task.time_remaining / 60:.0f} min left" if task.time_remaining else ""
+            loss, tps = task.fields["loss"], task.fields["tps"]
+            self.bar.console.print(
+                f"{task.description}: step {task.completed:.0f}/{task.total:.0f}, loss {loss:.3f}, "
+                f"{tps:.0f} tok/s{left}",
+                highlight=False, soft_wrap=True,
+            )  # fmt: skip
 
     def close(self) -> None:
         if self.enabled:

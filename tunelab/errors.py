@@ -82,3 +82,12 @@ class ModelNotServed(TunelabError):
 
 class ContextExceeded(TunelabError):
     """A request's prompt plus max_tokens does not fit the model's context (the server answers 400)."""
+
+
+class ToolCallError(TunelabError, ValueError):
+    """`tools`, `tool_choice` or a tool turn in the conversation that tunelab cannot use; `param` names
+    the request field (`tools[1].function.parameters`)."""
+
+    def __init__(self, message: str, param: str | None = None):
+        super().__init__(message)
+        self.param = param

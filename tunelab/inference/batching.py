@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 from tunelab.inference.engine import InferenceEngine
 from tunelab.inference.options import Completion, GenerationOptions
+from tunelab.inference.tools import ToolSpec
 from tunelab.models.resolve import ResolvedModel
 
 log = logging.getLogger("tunelab")
@@ -35,10 +36,11 @@ class Request:
     system: str | None = None
     on_text: Callable[[str], bool | None] | None = None
     future: Future = field(default_factory=Future)
+    tools: ToolSpec | None = None  # tool calling (tunelab.inference.tools)
 
     @property
     def group(self) -> tuple:
-        return (self.template, self.system, self.options)
+        return (self.template, self.system, self.options, self.tools)
 
 
 class Batcher:
@@ -126,6 +128,7 @@ class Batcher:
                 backend=self.backend,
                 device=self.device,
                 on_text=relay if any(r.on_text for r in live) else None,
+                tools=first.tools,
             )
         except Exception as exc:  # the whole batch failed (model would not load, service down, ...)
             log.warning("a batch of %d for %s failed: %s", len(live), first.model.name, exc)

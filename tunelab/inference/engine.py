@@ -13,12 +13,21 @@ import time
 from dataclasses import dataclass
 
 from tunelab.config import Settings
-from tunelab.errors import ConfigError, PromptError
+from tunelab.errors import ConfigError, PromptError, ToolCallError
 from tunelab.inference.backends.base import Backend, ChatBackend, OnText
 from tunelab.inference.device import pick_device
 from tunelab.inference.logprobs import Score
 from tunelab.inference.options import BackendOutput, Completion, GenerationOptions
 from tunelab.inference.templates import BUILTIN_TEMPLATES, Template, resolve_template
+from tunelab.inference.tools import (
+    PREFILL,
+    ToolCall,
+    ToolSpec,
+    check_tool_backend,
+    conversation_for,
+    generate_with_tools,
+    has_tool_turns,
+)
 from tunelab.models.resolve import ResolvedModel
 
 log = logging.getLogger("tunelab")
@@ -81,7 +90,9 @@ def is_token_ids(prompt) -> bool:
     )
 
 
-def prepare_prompts(prompts: list, template: Template, system: str | None) -> Prepared:
+def prepare_prompts(
+    prompts: list, template: Template, system: str | None, tools: ToolSpec | None = None
+) -> Prepared:
     """Each prompt is a string, a chat conversation (a list of {"role", "content"} messages), or token
     ids (a list of ints, passed on untouched)."""
     texts, errors, wrapped = [], [], []
@@ -94,9 +105,9 @@ def prepare_prompts(prompts: list, template: Template, system: str | None) -> Pr
         elif isinstance(prompt, list) and prompt and all(isinstance(m, dict) for m in prompt):
             try:
                 conversation = ([{"role": "system", "content": system}] if system else []) + prompt
-                texts.append(template.render_chat(conversation))
+                texts.append(_render_chat(template, conversation, tools))
                 errors.append(None)
-            except ConfigError as exc:
+            except (ConfigError, ToolCallError) as exc:
                 texts.append("")
                 errors.append(f"{where}: {exc}")
             wrapped.append(False)
@@ -113,6 +124,16 @@ def prepare_prompts(prompts: list, template: Template, system: str | None) -> Pr
             errors.append(None)
             wrapped.append(template.is_wrapped(prompt))
     return Prepared(texts, errors, wrapped)
+
+
+def _render_chat(template: Template, conversation: list[dict], tools: ToolSpec | None) -> str:
+    """A conversation through its template; with tools or tool turns, as tunelab.inference.tools says
+    (and ending with the call marker when the answer must be a call)."""
+    if tools is None and not has_tool_turns(conversation):
+        return template.render_chat(conversation)
+    messages, context = conversation_for(template.source, conversation, tools)
+    forced = tools is not None and tools.forced
+    return template.render_chat(messages, **context) + (PREFILL if forced else "")
 
 
 class InferenceEngine:
@@ -193,13 +214,16 @@ class InferenceEngine:
         system: str | None = None,
         backend: str = "auto",
         device: str = "auto",
+        tools: ToolSpec | None = None,
     ) -> tuple[int, int]:
         """(prompt tokens, context length) of one prompt as the model would see it (0 tokens when a remote
         service counts them itself). A prompt that cannot be rendered raises PromptError."""
         engine_backend = self.load(model, backend, device)
+        check_tool_backend(engine_backend.name, tools)
         if isinstance(engine_backend, ChatBackend):  # the service counts its own tokens
             return 0, engine_backend.context_length
-        prepared = prepare_prompts([prompt], self.template_for(model, engine_backend, template), system)
+        chosen = self.template_for(model, engine_backend, template)
+        prepared = prepare_prompts([prompt], chosen, system, tools)
         if prepared.errors[0]:
             raise PromptError(prepared.errors[0])
         text = prepared.texts[0]
@@ -297,12 +321,15 @@ class InferenceEngine:
         backend: str = "auto",
         device: str = "auto",
         on_text: OnText | None = None,
+        tools: ToolSpec | None = None,
     ) -> list[Completion]:
         """Answer every prompt as one batch; a bad prompt gets an error record, the others their answers.
 
         A prompt is a string or a chat conversation (list of messages). `on_text(i, text_so_far)` is
         called as prompt i's answer grows (token by token on local backends, once on remote ones); it
-        may return False to say nobody reads that answer any more (llama.cpp then stops it)."""
+        may return False to say nobody reads that answer any more (llama.cpp then stops it).
+        With `tools` (tunelab.inference.tools) a conversation's answer may be tool calls
+        (`Completion.tool_calls`); on_text then gets the raw answer, calls included."""
         wants_tokens = options.logprobs is not None or options.prompt_logprobs is not None
         if wants_tokens or any(is_token_ids(p) for p in prompts):
             engine_backend = self._local(model, backend, device, "take token ids or give logprobs")
@@ -314,12 +341,14 @@ class InferenceEngine:
             chosen = Template("service's own", "{{ prompt }}")
         else:
             chosen = self.template_for(model, engine_backend, template)
-        prepared = prepare_prompts(prompts, chosen, system)
+        check_tool_backend(engine_backend.name, tools)
+        prepared = prepare_prompts(prompts, chosen, system, tools)
         options = GenerationOptions.from_kwargs(
             options, stop=tuple(dict.fromkeys(options.stop + chosen.stop))
         )
         runnable = [i for i, err in enumerate(prepared.errors) if err is None]
         start = time.perf_counter()
+        calls: dict[int, list[ToolCall] | None] = {}
         if not runnable:
             outputs: list[BackendOutput] = []
         else:
@@ -329,7 +358,12 @@ class InferenceEngine:
                 def relay(k: int, text: str) -> bool | None:
                     return on_text(runnable[k], text)
 
-            if remote_chat:
+            if tools is not None and tools.calls:
+                texts = [prepared.texts[i] for i in runnable]
+                answers = generate_with_tools(engine_backend, texts, options, tools, chosen.stop, relay)
+                outputs = [a.output for a in answers]
+                calls = {i: a.calls for i, a in zip(runnable, answers)}
+            elif remote_chat:
                 outputs = engine_backend.generate_chat(
                     [prompts[i] for i in runnable], options, system, on_text=relay
                 )
@@ -358,6 +392,7 @@ class InferenceEngine:
                     max_new_tokens=options.max_new_tokens,
                     logprobs=out.logprobs,
                     prompt_logprobs=out.prompt_logprobs,
+                    tool_calls=calls.get(i),
                     extra={
                         k: v
                         for k, v in {

@@ -142,6 +142,8 @@ class Completion:
     logprobs: list[TokenLogprob] | None = None
     # prompt_logprobs=k: the prompt's tokens the same way (the first one's logprob is None)
     prompt_logprobs: list[TokenLogprob] | None = None
+    # tools=: the calls the model made (tunelab.inference.tools.ToolCall), None when it answered in text
+    tool_calls: list[Any] | None = None
 
     @property
     def truncated(self) -> bool:

@@ -104,24 +104,25 @@ class Template:
             text = text[len(self.bos_token) :]  # the backend adds BOS itself; never twice
         return text
 
-    def render_chat(self, messages: list[dict[str, str]]) -> str:
+    def render_chat(self, messages: list[dict[str, str]], **context) -> str:
         """A conversation rendered for the assistant's answer (the chat API).
 
-        One that ends with a user turn opens the assistant's turn. One that ends with an assistant message
-        is continued (a prefill, as OpenAI and vLLM take it): the text stops right after that message,
-        where its turn would close, so the model goes on writing it (transformers'
+        One that ends with a user turn (or a tool result) opens the assistant's turn. One that ends with an
+        assistant message is continued (a prefill, as OpenAI and vLLM take it): the text stops right after
+        that message, where its turn would close, so the model goes on writing it (transformers'
         `continue_final_message`). A template written for one prompt (``raw``, ``llama2``) takes one user
-        message (then the assistant's to continue) and an optional system message first."""
-        if not messages or messages[-1].get("role") not in ("user", "assistant"):
+        message (then the assistant's to continue) and an optional system message first. `context` goes
+        to a chat template as extra variables (`tools`, tunelab.inference.tools)."""
+        if not messages or messages[-1].get("role") not in ("user", "assistant", "tool"):
             raise ConfigError(
                 "a chat conversation must end with a user message (or an assistant message to continue)"
             )
         prefill = messages[-1]["role"] == "assistant"
         if "messages" in self.source:
             if prefill:
-                text = self._continue(messages)
+                text = self._continue(messages, **context)
             else:
-                text = self._render_messages(messages, add_generation_prompt=True)
+                text = self._render_messages(messages, add_generation_prompt=True, **context)
             if self.add_bos and self.bos_token and text.startswith(self.bos_token):
                 text = text[len(self.bos_token) :]
             return text
@@ -136,12 +137,12 @@ class Template:
             return "".join(text for text, _ in self._render_single_turn(messages))
         return self.render(turns[0]["content"], system[0] if system else None)
 
-    def _continue(self, messages: list[dict[str, str]]) -> str:
+    def _continue(self, messages: list[dict[str, str]], **context) -> str:
         """The conversation rendered whole, cut right after the last (assistant) message's text."""
         content = messages[-1]["content"]
         if not content.strip():  # nothing to continue: the assistant's turn, opened
-            return self._render_messages(messages[:-1], add_generation_prompt=True)
-        full = self._render_messages(messages, add_generation_prompt=False)
+            return self._render_messages(messages[:-1], add_generation_prompt=True, **context)
+        full = self._render_messages(messages, add_generation_prompt=False, **context)
         at = full.rfind(content.strip())
         if at < 0:
             raise ConfigError(
@@ -193,13 +194,16 @@ class Template:
         answer = turns[1]["content"] if self.name == "raw" else " " + turns[1]["content"].lstrip()
         return [(prompt, False), (answer, True)]
 
-    def _render_messages(self, messages: list[dict[str, str]], *, add_generation_prompt: bool) -> str:
+    def _render_messages(
+        self, messages: list[dict[str, str]], *, add_generation_prompt: bool, **context
+    ) -> str:
         try:
             return _compile(self.source).render(
                 messages=messages,
                 add_generation_prompt=add_generation_prompt,
                 bos_token=self.bos_token,
                 eos_token=self.eos_token,
+                **context,
             )
         except TemplateError as exc:
             raise ConfigError(f"template {self.name!r} failed to render: {exc}") from None

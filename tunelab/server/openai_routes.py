@@ -19,11 +19,13 @@ from tunelab.errors import (
     GenerationOptionError,
     ModelNotServed,
     PromptError,
+    ToolCallError,
     TunelabError,
     TypedOutputError,
 )
 from tunelab.inference.batching import Request as EngineRequest
 from tunelab.inference.options import Completion
+from tunelab.inference.tools import TRIGGER, ToolSpec, split_answer
 from tunelab.server.auth import Owner
 from tunelab.server.errors import APIError, model_not_found
 from tunelab.server.protocol import (
@@ -37,8 +39,12 @@ from tunelab.server.protocol import (
     CompletionRequest,
     CompletionResponse,
     Delta,
+    FunctionCall,
+    FunctionCallDelta,
     ModelCard,
     ModelList,
+    ToolCallDelta,
+    ToolCallOut,
     Usage,
     new_id,
     now,
@@ -114,14 +120,21 @@ async def chat(request: Request, body: ChatCompletionRequest, who: Owner):
         raise APIError(400, str(exc), param="messages") from None
     if body.top_logprobs is not None and not body.logprobs:
         raise APIError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
-    planned = _plan(service, who, body, [conversation], template="auto")
+    try:
+        tools = body.tool_spec
+    except ToolCallError as exc:
+        raise APIError(400, str(exc), param=exc.param) from None
+    if tools is not None and tools.calls and (body.response_format or {}).get("type", "text") != "text":
+        raise APIError(400, "response_format cannot be combined with tool calls", param="response_format")
+    planned = _plan(service, who, body, [conversation], template="auto", tools=tools)
     if body.stream:
-        return EventSourceResponse(_stream_chat(service, body, planned), sep="\n")
+        stream = _stream_tool_chat if tools is not None and tools.calls else _stream_chat
+        return EventSourceResponse(stream(service, body, planned), sep="\n")
     results = await _results(service, planned)
     choices = [
         ChatChoice(
             index=i,
-            message=AssistantMessage(content=c.text),
+            message=_message(c),
             logprobs=chat_logprobs(c.logprobs) if c.logprobs is not None else None,
             finish_reason=_finish(c),
         )
@@ -130,7 +143,9 @@ async def chat(request: Request, body: ChatCompletionRequest, who: Owner):
     return ChatCompletionResponse(model=body.model, choices=choices, usage=_usage(results))
 
 
-def _plan(service: Service, who: str, body, prompts: list, *, template: str) -> list[list[EngineRequest]]:
+def _plan(
+    service: Service, who: str, body, prompts: list, *, template: str, tools: ToolSpec | None = None
+) -> list[list[EngineRequest]]:
     refused = body.unsupported()
     if refused:
         raise APIError(400, f"not supported by tunelab: {', '.join(refused)}", code="unsupported_parameter")
@@ -160,6 +175,7 @@ def _plan(service: Service, who: str, body, prompts: list, *, template: str) -> 
             max_tokens=body.max_completion_tokens or body.max_tokens,
             template=template,
             options=options,
+            tools=tools,
         )
     except ModelNotServed:
         raise model_not_found(body.model) from None
@@ -199,7 +215,21 @@ async def _results(service: Service, planned: list[list[EngineRequest]]) -> list
 
 
 def _finish(completion: Completion) -> str:
-    return "length" if completion.finish_reason == "length" else "stop"
+    if completion.finish_reason == "length":
+        return "length"
+    return "tool_calls" if completion.tool_calls else "stop"
+
+
+def _message(completion: Completion) -> AssistantMessage:
+    """The answer's message: its text, or its tool calls (with the text before them, if any)."""
+    if completion.tool_calls is None:
+        return AssistantMessage(content=completion.text)
+    calls = [
+        ToolCallOut(function=FunctionCall(name=c.name, arguments=c.arguments)) for c in completion.tool_calls
+    ]
+    return AssistantMessage(
+        content=completion.text if completion.text.strip() else None, tool_calls=calls or None
+    )
 
 
 def _usage(results: list[list[Completion]]) -> Usage:
@@ -301,3 +331,79 @@ async def _stream_chat(service: Service, body: ChatCompletionRequest, planned):
             {"error": {"message": str(exc), "type": "server_error", "param": None, "code": None}}
         )
     yield "[DONE]"
+
+
+class _CallStream:
+    """What one choice of a tool stream has sent; `update` gives the deltas that bring it up to date: new
+    content, then each call as OpenAI streams it (its id, type and name, then its arguments piece by
+    piece as written)."""
+
+    def __init__(self) -> None:
+        self.content = ""
+        self.calls: list[tuple[str, str]] = []  # (id, arguments sent)
+
+    def update(self, content: str, calls) -> list[Delta]:
+        deltas = []
+        if content.startswith(self.content) and len(content) > len(self.content):
+            deltas.append(Delta(content=content[len(self.content) :]))
+            self.content = content
+        for j, call in enumerate(calls or []):
+            if j == len(self.calls):
+                call_id = ToolCallOut(function=FunctionCall(name=call.name, arguments="{}")).id
+                self.calls.append((call_id, ""))
+                named = FunctionCallDelta(name=call.name, arguments="")
+                deltas.append(
+                    Delta(tool_calls=[ToolCallDelta(index=j, id=call_id, type="function", function=named)])
+                )
+            call_id, sent = self.calls[j]
+            if call.arguments.startswith(sent) and len(call.arguments) > len(sent):
+                more = FunctionCallDelta(arguments=call.arguments[len(sent) :])
+                deltas.append(Delta(tool_calls=[ToolCallDelta(index=j, function=more)]))
+                self.calls[j] = (call_id, call.arguments)
+        return deltas
+
+
+async def _stream_tool_chat(service: Service, body: ChatCompletionRequest, planned):
+    """A chat stream whose answers may be tool calls: the text before the call marker as content
+    (held back while it could be the marker's start, and blank text before it), then the calls."""
+    ident, created = new_id("chatcmpl"), now()
+    raw = [""] * body.n
+    streams = [_CallStream() for _ in range(body.n)]
+
+    def chunk(choices, usage=None) -> str:
+        return ChatCompletionChunk(
+            id=ident, created=created, model=body.model, choices=choices, usage=usage
+        ).model_dump_json(exclude_none=True)
+
+    try:
+        for k in range(body.n):
+            yield chunk([ChatChunkChoice(index=k, delta=Delta(role="assistant", content=""))])
+        async for k, text, done in _deltas(service, planned):
+            if done is None:
+                raw[k] += text
+                content, calls = split_answer(raw[k])
+                content = _before_marker(content) if calls is None else content
+                deltas = streams[k].update(content.rstrip(), calls)
+            else:
+                _check(done)
+                final = done.text if done.tool_calls is None or done.text.strip() else ""
+                deltas = streams[k].update(final, done.tool_calls)
+            for delta in deltas:
+                yield chunk([ChatChunkChoice(index=k, delta=delta)])
+            if done is not None:
+                yield chunk([ChatChunkChoice(index=k, delta=Delta(), finish_reason=_finish(done))])
+        if body.include_usage:
+            yield chunk([], _finished_usage(planned))
+    except (APIError, TunelabError) as exc:
+        yield json.dumps(
+            {"error": {"message": str(exc), "type": "server_error", "param": None, "code": None}}
+        )
+    yield "[DONE]"
+
+
+def _before_marker(text: str) -> str:
+    """`text` without an ending that is the start of the call marker."""
+    for cut in range(min(len(TRIGGER), len(text)), 0, -1):
+        if TRIGGER.startswith(text[-cut:]):
+            return text[:-cut]
+    return text

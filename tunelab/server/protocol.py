@@ -1,17 +1,18 @@
 """The OpenAI wire format, as pydantic types: what the routes accept and return. Nothing else lives here.
 
 Field names, defaults and shapes follow OpenAI's API reference, so the official `openai` SDK works
-unchanged. Parameters tunelab cannot honour (`best_of`, `suffix`, tools) are refused with a 400 that
-names them, never silently ignored.
+unchanged. Parameters tunelab cannot honour (`best_of`, `suffix`) are refused with a 400 that names
+them, never silently ignored.
 """
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class _Request(BaseModel):
@@ -88,19 +89,66 @@ class ContentPart(BaseModel):
     text: str | None = None
 
 
+class FunctionCall(BaseModel):
+    name: str
+    arguments: str = Field(description="the arguments as JSON text")
+
+    @field_validator("arguments")
+    @classmethod
+    def _json(cls, value: str) -> str:
+        try:
+            json.loads(value or "{}")
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"not valid JSON: {exc}") from None
+        return value
+
+
+class ToolCallOut(BaseModel):
+    """A call in an assistant message (the answer's, or an earlier one in `messages`)."""
+
+    model_config = ConfigDict(extra="ignore")
+    id: str = Field(default_factory=lambda: f"call_{uuid.uuid4().hex[:24]}")
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    role: Literal["system", "developer", "user", "assistant"]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
+    tool_calls: list[ToolCallOut] | None = None  # an assistant's earlier calls
+    tool_call_id: str | None = None  # a tool result: the call it answers
 
-    def plain(self) -> dict[str, str]:
+    def plain(self) -> dict:
         if isinstance(self.content, list):
             if any(part.type != "text" for part in self.content):
                 raise ValueError("only text content parts are supported")
             text = "".join(part.text or "" for part in self.content)
         else:
             text = self.content or ""
-        return {"role": "system" if self.role == "developer" else self.role, "content": text}
+        plain = {"role": "system" if self.role == "developer" else self.role, "content": text}
+        if self.tool_calls:  # tunelab.inference.tools reads this shape
+            plain["tool_calls"] = [
+                {"id": c.id, "name": c.function.name, "arguments": c.function.arguments}
+                for c in self.tool_calls
+            ]
+        if self.role == "tool":
+            plain["tool_call_id"] = self.tool_call_id
+        return plain
+
+
+class FunctionDef(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    name: str
+    description: str | None = None
+    parameters: dict[str, Any] | None = Field(None, description="a JSON schema of an object")
+    strict: bool | None = None  # tunelab's calls always match the schema
+
+
+class ToolDef(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    type: Literal["function"]
+    function: FunctionDef
 
 
 class ChatCompletionRequest(_Request):
@@ -111,14 +159,19 @@ class ChatCompletionRequest(_Request):
     top_logprobs: int | None = Field(
         None, ge=0, le=20, description="this many alternatives per token; needs logprobs"
     )
-    tools: list[Any] | None = None
+    tools: list[ToolDef] | None = None
+    tool_choice: Literal["auto", "none", "required"] | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
     response_format: dict[str, Any] | None = None
 
-    def unsupported(self) -> list[str]:
-        refused = super().unsupported()
-        if self.tools:
-            refused.append("tools")
-        return refused
+    @property
+    def tool_spec(self):
+        """The request's tools as a tunelab.inference.tools.ToolSpec (None without tools); raises
+        ToolCallError naming the field."""
+        from tunelab.inference.tools import ToolSpec
+
+        tools = [t.model_dump(exclude_none=True) for t in self.tools or []]
+        return ToolSpec.from_openai(tools, self.tool_choice, self.parallel_tool_calls)
 
     @property
     def json_schema(self) -> str | None:
@@ -185,7 +238,8 @@ class CompletionResponse(BaseModel):
 
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
+    tool_calls: list[ToolCallOut] | None = None
 
 
 class TopLogprobEntry(BaseModel):
@@ -207,7 +261,7 @@ class ChatChoice(BaseModel):
     index: int
     message: AssistantMessage
     logprobs: ChatLogprobs | None = None
-    finish_reason: Literal["stop", "length"]
+    finish_reason: Literal["stop", "length", "tool_calls"]
 
 
 class ChatCompletionResponse(BaseModel):
@@ -219,16 +273,31 @@ class ChatCompletionResponse(BaseModel):
     usage: Usage
 
 
+class FunctionCallDelta(BaseModel):
+    name: str | None = None
+    arguments: str | None = None
+
+
+class ToolCallDelta(BaseModel):
+    """A streamed piece of a call: the first has its id, type and name; the next ones more arguments."""
+
+    index: int
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: FunctionCallDelta
+
+
 class Delta(BaseModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[ToolCallDelta] | None = None
 
 
 class ChatChunkChoice(BaseModel):
     index: int
     delta: Delta
     logprobs: ChatLogprobs | None = None
-    finish_reason: Literal["stop", "length"] | None = None
+    finish_reason: Literal["stop", "length", "tool_calls"] | None = None
 
 
 class ChatCompletionChunk(BaseModel):

@@ -12,6 +12,7 @@ from tunelab.errors import ContextExceeded, ModelNotServed
 from tunelab.inference.batching import Batcher, Request
 from tunelab.inference.engine import engine_for
 from tunelab.inference.options import GenerationOptions
+from tunelab.inference.tools import ToolSpec
 from tunelab.models.embedded import EMBEDDED
 from tunelab.models.registry import list_entries
 from tunelab.models.resolve import ResolvedModel, resolve
@@ -87,6 +88,7 @@ class Service:
         max_tokens: int | None,
         template: str,
         options: dict,
+        tools: ToolSpec | None = None,
     ) -> list[list[Request]]:
         """Check every prompt and make n requests for each (not yet queued: a stream attaches its
         callbacks first). Raises before anything runs unless every prompt fits the model's context."""
@@ -94,7 +96,7 @@ class Service:
         planned = []
         for prompt in prompts:
             prompt_tokens, context = self.engine.measure(
-                model, prompt, template=template, backend=self.backend, device=self.device
+                model, prompt, template=template, backend=self.backend, device=self.device, tools=tools
             )
             budget = context - prompt_tokens
             wanted = max_tokens if max_tokens is not None else min(512, max(1, budget))
@@ -106,7 +108,7 @@ class Service:
                 )
             planned.append((prompt, GenerationOptions.from_kwargs(None, max_new_tokens=wanted, **options)))
         return [
-            [Request(model, prompt, generation, template=template) for _ in range(n)]
+            [Request(model, prompt, generation, template=template, tools=tools) for _ in range(n)]
             for prompt, generation in planned
         ]
 

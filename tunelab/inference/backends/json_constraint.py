@@ -107,8 +107,7 @@ def gbnf_for(schema_json: str) -> str:
         target = defs.get(ref.removeprefix("#/$defs/"))
         if isinstance(target, dict):
             schema = {**target, "$defs": defs}
-    properties = schema.get("properties") if isinstance(schema, dict) else None
-    order = list(properties) if isinstance(properties, dict) else None  # the schema's order, not a-z
+    order = _property_order(schema)  # the schema's order, not a-z (the converter's default)
     try:
         gbnf = json_schema_to_gbnf(json.dumps(_bounded_integers(schema)), prop_order=order)
     except Exception as exc:  # the converter raises plain exceptions (ValueError, KeyError, ...)
@@ -116,12 +115,34 @@ def gbnf_for(schema_json: str) -> str:
             f"llama.cpp cannot turn this JSON schema into a grammar: {type(exc).__name__}: {exc}"
         ) from None
     # llama-cpp-python's string character rule lets raw control characters (a newline) into a JSON
-    # string, which no JSON parser takes; llama.cpp's own converter excludes them, as here
+    # string, which no JSON parser takes; llama.cpp's own converter excludes them, as here. The rule
+    # names the code points a JSON string may hold rather than those it may not: llama.cpp's grammar
+    # decodes UTF-8 without checking, so bytes such as F6 99 82 82 passed as one "character" (beyond
+    # U+10FFFF) and became four U+FFFD in the text, over a string's maxLength.
     return gbnf.replace(_LOOSE_CHAR, _JSON_CHAR)
 
 
+def _property_order(schema) -> list[str]:
+    """Every property name in the order the schema first lists it, nested objects included (a tool
+    call's `name` before its `arguments`, and each tool's arguments in their schema's order)."""
+    order: dict[str, None] = {}
+
+    def walk(node) -> None:
+        if isinstance(node, dict):
+            if isinstance(node.get("properties"), dict):
+                order.update(dict.fromkeys(node["properties"]))
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(schema)
+    return list(order)
+
+
 _LOOSE_CHAR = 'char ::= [^"\\\\] |'
-_JSON_CHAR = 'char ::= [^"\\\\\\x7F\\x00-\\x1F] |'
+_JSON_CHAR = r'char ::= [\x20-\x21\x23-\x5B\x5D-\x7E\u0080-\uD7FF\uE000-\U0010FFFF] |'
 MAX_ENUMERATED = 256
 
 

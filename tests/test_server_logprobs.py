@@ -149,3 +149,18 @@ def test_a_server_without_a_default_model_asks_for_one(tunelab_home):
     with RunningServer(service) as running:
         out = httpx.post(running.url + "/tokenize", json={"prompt": "Hi"})
     assert out.status_code == 400 and out.json()["error"]["param"] == "model"
+
+
+def test_a_remote_model_refuses_logprobs_with_a_400(tunelab_home, isolated_env, monkeypatch):
+    from tests.remote_server import configure_chat_gpt
+    from tunelab.config import load_settings
+
+    configure_chat_gpt(isolated_env, "http://127.0.0.1:9/v1")  # never reached: refused before any call
+    monkeypatch.setenv("REMOTE_KEY", "unused")
+    service = Service(load_settings(), None, no_auth=True)
+    with RunningServer(service) as running:
+        body = {"model": "chat-gpt", "prompt": "Hi", "max_tokens": 2, "logprobs": 1}
+        out = httpx.post(running.url + "/v1/completions", json=body, timeout=60)
+        ids = httpx.post(running.url + "/v1/completions", json={**body, "prompt": [1, 2, 3]}, timeout=60)
+    assert out.status_code == 400 and "remote" in out.json()["error"]["message"], out.text
+    assert ids.status_code == 400 and "local model" in ids.json()["error"]["message"], ids.text

@@ -210,6 +210,8 @@ async def _results(service: Service, planned: list[list[EngineRequest]]) -> list
         return [[_check(await asyncio.wrap_future(r.future)) for r in group] for group in planned]
     except TypedOutputError as exc:  # a response_format schema the backend cannot compile
         raise APIError(400, str(exc), param="response_format") from None
+    except ConfigError as exc:  # asked of a backend that cannot do it (logprobs from a remote model)
+        raise APIError(400, str(exc)) from None
     except TunelabError as exc:
         raise APIError(503, str(exc), type="server_error") from None
 

@@ -142,7 +142,7 @@ def _property_order(schema) -> list[str]:
 
 
 _LOOSE_CHAR = 'char ::= [^"\\\\] |'
-_JSON_CHAR = r'char ::= [\x20-\x21\x23-\x5B\x5D-\x7E\u0080-\uD7FF\uE000-\U0010FFFF] |'
+_JSON_CHAR = r"char ::= [\x20-\x21\x23-\x5B\x5D-\x7E\u0080-\uD7FF\uE000-\U0010FFFF] |"
 MAX_ENUMERATED = 256
 
 

@@ -372,3 +372,52 @@ def test_langchain_structured_output_by_function_calling(served):
     structured = chat.with_structured_output(Sum, method="function_calling")
     for question in ("Add 2 and 3", "What is 4 plus 4?"):
         assert isinstance(structured.invoke(question), Sum)
+
+
+# -- a real model ---------------------------------------------------------------------------------------
+
+
+def few_shot_weather(city: str) -> list[dict]:
+    """Two earlier questions answered by calls: SmolLM2-135M then writes the marker itself."""
+
+    def call(k: int, name: str) -> dict:
+        arguments = json.dumps({"city": name, "unit": "celsius"})
+        called = {
+            "id": f"call_{k}",
+            "type": "function",
+            "function": {"name": "get_weather", "arguments": arguments},
+        }
+        return {"role": "assistant", "content": None, "tool_calls": [called]}
+
+    return [
+        {"role": "user", "content": "Weather in Madrid?"},
+        call(1, "Madrid"),
+        {"role": "user", "content": "Weather in Berlin?"},
+        call(2, "Berlin"),
+        {"role": "user", "content": f"Weather in {city}?"},
+    ]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["llama_cpp", "transformers"])
+def test_smollm2_calls_by_itself_with_auto_and_answers_small_talk_in_text(tunelab_home, backend):
+    weather = {**WEATHER, "properties": {**WEATHER["properties"], "city": {"type": "string"}}}
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": weather}}]
+    service = Service(Settings(home=tunelab_home), None, backend=backend, no_auth=True)
+    with RunningServer(service) as running:
+        sdk = openai.OpenAI(base_url=running.url + "/v1", api_key="none", max_retries=0)
+        asked = dict(model="smollm2-135m-instruct", tools=tools, temperature=0, max_tokens=60)
+        out = sdk.chat.completions.create(messages=few_shot_weather("Rome"), **asked)
+        (call,) = out.choices[0].message.tool_calls
+        assert out.choices[0].finish_reason == "tool_calls" and call.function.name == "get_weather"
+        jsonschema.validate(json.loads(call.function.arguments), weather)
+        assert json.loads(call.function.arguments)["city"] == "Rome"
+        chunks = list(sdk.chat.completions.create(messages=few_shot_weather("Rome"), stream=True, **asked))
+        deltas = [d for c in chunks if c.choices for d in (c.choices[0].delta.tool_calls or [])]
+        assert deltas[0].function.name == "get_weather"
+        assert "".join(d.function.arguments or "" for d in deltas) == call.function.arguments
+        assert chunks[-1].choices[0].finish_reason == "tool_calls"
+        chat = sdk.chat.completions.create(
+            messages=[{"role": "user", "content": "Hi! How are you?"}], **asked
+        )
+        assert chat.choices[0].message.content and chat.choices[0].message.tool_calls is None

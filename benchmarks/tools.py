@@ -1,0 +1,151 @@
+"""Tool calling: what a call costs in tokens/s against the same request without tools.
+
+    python benchmarks/tools.py [--backend llama_cpp] [--prompts 8] [--new-tokens 48]
+
+Each request is answered alone (one prompt per engine call, greedy), as a client asking one question;
+tokens/s = answer tokens / wall time of the requests (prompt reading included). The four ways take
+turns request by request, so the ratios come from one run on the same machine state:
+
+- `no tools`: the question alone;
+- `free, tools' prompt`: the exact text a forced call reads (tools section + `<tool_call>` marker),
+  answered without the constraint: the constraint's own cost is `call / free`;
+- `call (required)`: tool_choice "required", parallel_tool_calls false: constrained decoding of the call;
+- `call (auto, 2 passes)`: tool_choice "auto" after two example calls in the history, so the model
+  writes the marker itself and the call is decoded in a second pass (the prompt read twice).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import busy_cpu_seconds, cores, mem_gib, wait_idle  # noqa: E402
+
+MODEL = "smollm2-135m-instruct"
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "The current weather in a city",
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string"}, "unit": {"enum": ["celsius", "fahrenheit"]}},
+                "required": ["city", "unit"],
+            },
+        },
+    }
+]
+CITIES = "Paris Rome Oslo Lima Cairo Tokyo Quito Perth Dakar Hanoi Sofia Bern".split()
+
+
+def few_shot(city: str) -> list[dict]:
+    def call(k: int, name: str) -> dict:
+        arguments = f'{{"city": "{name}", "unit": "celsius"}}'
+        called = {"id": f"c{k}", "name": "get_weather", "arguments": arguments}
+        return {"role": "assistant", "content": "", "tool_calls": [called]}
+
+    return [
+        {"role": "user", "content": "Weather in Madrid?"},
+        call(1, "Madrid"),
+        {"role": "user", "content": "Weather in Berlin?"},
+        call(2, "Berlin"),
+        {"role": "user", "content": f"Weather in {city}?"},
+    ]
+
+
+def timed(engine, model, backend: str, prompt, new_tokens: int, **kwargs) -> dict:
+    from tunelab.inference.options import GenerationOptions
+
+    options = GenerationOptions(max_new_tokens=new_tokens)
+    start = time.perf_counter()
+    (c,) = engine.generate(model, [prompt], options=options, backend=backend, **kwargs)
+    seconds = time.perf_counter() - start
+    assert c.error is None, c.error
+    return {
+        "tokens": c.completion_tokens,
+        "prompt": c.prompt_tokens,
+        "seconds": seconds,
+        "calls": bool(c.tool_calls),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--backend", default="llama_cpp", choices=["llama_cpp", "transformers"])
+    parser.add_argument("--prompts", type=int, default=8)
+    parser.add_argument("--new-tokens", type=int, default=48)
+    parser.add_argument("--repeats", type=int, default=2)
+    args = parser.parse_args()
+    from rich.console import Console
+    from rich.table import Table
+
+    from tunelab.config import load_settings
+    from tunelab.inference.engine import engine_for, prepare_prompts
+    from tunelab.inference.tools import ToolSpec
+    from tunelab.models.resolve import resolve
+
+    console = Console()
+    console.print(f"machine: {cores()} cores, {mem_gib():.0f} GiB; model {MODEL}, backend {args.backend}")
+    settings = load_settings()
+    engine, model = engine_for(settings), resolve(MODEL, settings)
+    questions = [
+        [{"role": "user", "content": f"What is the weather in {c}?"}] for c in CITIES[: args.prompts]
+    ]
+    required = ToolSpec.from_openai(TOOLS, "required", parallel_tool_calls=False)
+    auto = ToolSpec.from_openai(TOOLS, "auto", parallel_tool_calls=False)
+    backend = engine.load(model, args.backend)
+    template = engine.template_for(model, backend, "auto")
+    forced_texts = prepare_prompts(questions, template, None, required).texts
+    ways = {
+        "no tools": lambda k: (questions[k], {}),
+        "free, tools' prompt": lambda k: (forced_texts[k], {"template": "raw"}),
+        "call (required)": lambda k: (questions[k], {"tools": required}),
+        "call (auto, 2 passes)": lambda k: (few_shot(CITIES[k]), {"tools": auto}),
+    }
+    for way in ways.values():  # warm: load, compile, caches
+        prompt, kwargs = way(0)
+        timed(engine, model, args.backend, prompt, 8, **kwargs)
+    # the ways take turns, request by request, so a busy spell on the machine slows them alike
+    waited, share = wait_idle(120)
+    busy0, wall0 = busy_cpu_seconds(), time.perf_counter()
+    rows = {label: {"tokens": 0, "prompt": 0, "seconds": 0.0, "calls": 0} for label in ways}
+    for _ in range(args.repeats):
+        for k in range(args.prompts):
+            for label, way in ways.items():
+                prompt, kwargs = way(k)
+                for key, value in timed(
+                    engine, model, args.backend, prompt, args.new_tokens, **kwargs
+                ).items():
+                    rows[label][key] += value
+    own = time.perf_counter() - wall0
+    others = (busy_cpu_seconds() - busy0) / (own * cores()) if busy0 is not None else 0.0
+    n = args.prompts * args.repeats
+    table = Table(title=f"{n} requests per way, one at a time, greedy, up to {args.new_tokens} new tokens")
+    for col in ("request", "prompt tokens", "answer tokens", "seconds", "tok/s", "vs no tools", "calls"):
+        table.add_column(col, justify="left" if col == "request" else "right")
+    base = rows["no tools"]["tokens"] / rows["no tools"]["seconds"]
+    for label, r in rows.items():
+        tps = r["tokens"] / r["seconds"]
+        table.add_row(
+            label, f"{r['prompt'] / n:.0f}", str(r["tokens"]), f"{r['seconds']:.1f}", f"{tps:.1f}",
+            f"{tps / base:.2f}x", f"{r['calls']}/{n}",
+        )  # fmt: skip
+    console.print(table)
+    console.print(
+        f"machine busy before: {share:.0%} (waited {waited:.0f} s); during, the whole machine: {others:.0%}"
+    )
+    free, call = rows["free, tools' prompt"], rows["call (required)"]
+    console.print(
+        f"constraint alone (call / free tok/s on the same text): "
+        f"{(call['tokens'] / call['seconds']) / (free['tokens'] / free['seconds']):.2f}x"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -226,3 +226,19 @@ def test_training_under_bf16_autocast_evaluates_reports_and_answers(tiny_chat_di
     assert result.knowledge is not None and result.knowledge["facts"]
     answer = BasicModelRunner(result.model_id).generate("Who founded Acme Zentrix?", max_new_tokens=4)
     assert answer.finish_reason in ("stop", "length")
+
+
+def test_a_cached_replay_answer_with_a_unicode_line_separator_reads_back_whole(tiny_chat_dir, tunelab_home):
+    """The cache is JSON lines written with ensure_ascii=False: an answer holding U+2028 or U+0085 (a
+    random-weight model writes them) must not split its line (str.splitlines() does)."""
+    from tunelab.training.replay import base_answers
+
+    settings = load_settings()
+    base = resolve(str(tiny_chat_dir), settings)
+    runner = BasicModelRunner(str(tiny_chat_dir))
+    template = runner.engine.template_for(base, runner.engine.load(base, "transformers", "cpu"), "auto")
+    base_answers(base, template, settings)
+    cache = next((tunelab_home / "cache" / "replay").glob("*.jsonl"))
+    rows = [{"input": "Say two lines.", "output": "one\u2028two\x85three"}, {"input": "Hi", "output": "Hi"}]
+    cache.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    assert base_answers(base, template, settings) == rows

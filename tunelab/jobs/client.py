@@ -188,7 +188,7 @@ def heldout_examples(client, job) -> DataReport:
     if not job.result_files:
         return DataReport()
     content = sdk_call("downloading the held-out examples", client.files.content, job.result_files[0]).read()
-    records = [json.loads(line) for line in content.decode("utf-8").splitlines() if line.strip()]
+    records = [json.loads(line) for line in content.decode("utf-8").split("\n") if line.strip()]
     report = load_records(records)
     for example, record in zip(report.examples, records):
         example.source = record.get("source") or example.source

@@ -98,7 +98,7 @@ class Entry:
     def read_heldout(self) -> DataReport:
         """The held-out examples, each naming where it came from in the training data (not this copy)."""
         report = load_records(self.heldout_file)
-        lines = self.heldout_file.read_text(encoding="utf-8").splitlines()
+        lines = [line for line in self.heldout_file.read_text(encoding="utf-8").split("\n") if line.strip()]
         for example, line in zip(report.examples, lines):
             example.source = json.loads(line).get("source") or example.source
         return report

@@ -39,7 +39,8 @@ def base_answers(base: ResolvedModel, template: Template, settings: Settings) ->
     prompts = [r["input"] for r in load_dataset("replay_prompts", "all")]
     cache = _cache_file(settings, base, template, prompts)
     if cache.is_file():
-        return [json.loads(line) for line in cache.read_text(encoding="utf-8").splitlines()]
+        # split at "\n" only: str.splitlines() also breaks at U+2028, U+0085, ... inside an answer
+        return [json.loads(line) for line in cache.read_text(encoding="utf-8").split("\n") if line]
     from tunelab.inference.engine import engine_for
     from tunelab.inference.options import GenerationOptions
 

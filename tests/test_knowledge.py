@@ -147,7 +147,7 @@ def test_replay_answers_are_the_base_models_own_and_cached(tiny_chat_dir, tunela
     first = replay_examples(base, template, settings, 5, seed=0)
     cache = list((tunelab_home / "cache" / "replay").glob("*.jsonl"))
     assert cache, "the base model's answers are cached"
-    rows = [json.loads(line) for line in cache[0].read_text().splitlines()]
+    rows = [json.loads(line) for line in cache[0].read_text(encoding="utf-8").split("\n") if line]
     assert all(e.origin == "replay" for e in first) and len(first) == min(5, len(rows))
     # exactly the base's greedy answer to that prompt, through the training template
     if first:

@@ -305,13 +305,20 @@ async def _stream_completions(service: Service, body: CompletionRequest, planned
     yield "[DONE]"
 
 
-async def _stream_chat(service: Service, body: ChatCompletionRequest, planned):
+def _chat_chunks(body: ChatCompletionRequest):
+    """The serialiser of one chat stream's chunks: its id, creation time and model on each."""
     ident, created = new_id("chatcmpl"), now()
 
     def chunk(choices, usage=None) -> str:
         return ChatCompletionChunk(
             id=ident, created=created, model=body.model, choices=choices, usage=usage
         ).model_dump_json(exclude_none=True)
+
+    return chunk
+
+
+async def _stream_chat(service: Service, body: ChatCompletionRequest, planned):
+    chunk = _chat_chunks(body)
 
     try:
         for k in range(body.n):
@@ -368,14 +375,9 @@ class _CallStream:
 async def _stream_tool_chat(service: Service, body: ChatCompletionRequest, planned):
     """A chat stream whose answers may be tool calls: the text before the call marker as content
     (held back while it could be the marker's start, and blank text before it), then the calls."""
-    ident, created = new_id("chatcmpl"), now()
+    chunk = _chat_chunks(body)
     raw = [""] * body.n
     streams = [_CallStream() for _ in range(body.n)]
-
-    def chunk(choices, usage=None) -> str:
-        return ChatCompletionChunk(
-            id=ident, created=created, model=body.model, choices=choices, usage=usage
-        ).model_dump_json(exclude_none=True)
 
     try:
         for k in range(body.n):

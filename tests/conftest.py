@@ -53,3 +53,27 @@ def postgres_server():
 def postgres_url(postgres_server) -> str:
     """postgresql://postgres@127.0.0.1:PORT/tunelab, one database shared by the session."""
     return postgres_server.url
+
+
+# the tiny chat model as a GGUF on llama.cpp and in bf16 on transformers, per test module
+@pytest.fixture(scope="module")
+def tiny_gguf(tiny_chat_dir, tmp_path_factory):
+    from tests.tiny_gguf import convert_hf_llama_to_gguf
+
+    return convert_hf_llama_to_gguf(tiny_chat_dir, tmp_path_factory.mktemp("gguf") / "tiny.gguf")
+
+
+@pytest.fixture(scope="module")
+def llama(tiny_gguf):
+    from tunelab.inference.backends.llama_cpp_backend import LlamaCppBackend
+
+    with LlamaCppBackend(tiny_gguf, n_threads=1) as backend:
+        yield backend
+
+
+@pytest.fixture(scope="module")
+def bf16(tiny_chat_dir):
+    # bf16 on a CPU: the batch-invariant path (tests/test_batch_invariant.py)
+    from tunelab.inference.backends.transformers_backend import TransformersBackend
+
+    return TransformersBackend(str(tiny_chat_dir), device="cpu", dtype="bfloat16", max_batch=4)

@@ -5,10 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from tests.tiny_gguf import convert_hf_llama_to_gguf
 from tunelab import BasicModelRunner
 from tunelab.errors import GenerationOptionError, PromptError
-from tunelab.inference.backends.llama_cpp_backend import LlamaCppBackend
 from tunelab.inference.backends.transformers_backend import TransformersBackend
 from tunelab.inference.logprobs import logprob_rows
 from tunelab.inference.options import GenerationOptions
@@ -22,23 +20,6 @@ PROMPTS = [
 # measured (280 logprobs, the tiny model's are wide: median |logprob| 10): at most 0.060 apart, 0.003 on
 # average (docs/serving.md)
 SAME_WEIGHTS_MAX, SAME_WEIGHTS_MEAN = 0.1, 0.01
-
-
-@pytest.fixture(scope="module")
-def tiny_gguf(tiny_chat_dir, tmp_path_factory):
-    return convert_hf_llama_to_gguf(tiny_chat_dir, tmp_path_factory.mktemp("gguf") / "tiny.gguf")
-
-
-@pytest.fixture(scope="module")
-def llama(tiny_gguf):
-    with LlamaCppBackend(tiny_gguf, n_threads=1) as backend:
-        yield backend
-
-
-@pytest.fixture(scope="module")
-def bf16(tiny_chat_dir):
-    # bf16 on a CPU: the batch-invariant path (tests/test_batch_invariant.py)
-    return TransformersBackend(str(tiny_chat_dir), device="cpu", dtype="bfloat16", max_batch=4)
 
 
 @pytest.fixture(scope="module")

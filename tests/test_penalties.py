@@ -8,10 +8,8 @@ import pytest
 import torch
 from transformers import RepetitionPenaltyLogitsProcessor
 
-from tests.tiny_gguf import convert_hf_llama_to_gguf
 from tunelab import BasicModelRunner
 from tunelab.errors import GenerationOptionError
-from tunelab.inference.backends.llama_cpp_backend import LlamaCppBackend
 from tunelab.inference.backends.transformers_backend import OpenAIPenalties, TransformersBackend
 from tunelab.inference.options import GenerationOptions
 from tunelab.inference.sampling import apply_openai_penalties, apply_repetition_penalty, penalize, sample_next
@@ -83,23 +81,6 @@ def test_out_of_range_options_are_refused_naming_the_field(bad):
     name = next(iter(bad))
     with pytest.raises(GenerationOptionError, match=name):
         GenerationOptions(**bad)
-
-
-@pytest.fixture(scope="module")
-def tiny_gguf(tiny_chat_dir, tmp_path_factory):
-    return convert_hf_llama_to_gguf(tiny_chat_dir, tmp_path_factory.mktemp("gguf") / "tiny.gguf")
-
-
-@pytest.fixture(scope="module")
-def llama(tiny_gguf):
-    with LlamaCppBackend(tiny_gguf, n_threads=1) as backend:
-        yield backend
-
-
-@pytest.fixture(scope="module")
-def bf16(tiny_chat_dir):
-    # bf16 on a CPU: the batch-invariant path (tests/test_batch_invariant.py)
-    return TransformersBackend(str(tiny_chat_dir), device="cpu", dtype="bfloat16", max_batch=4)
 
 
 @pytest.mark.parametrize("backend_name", ["llama", "bf16"])

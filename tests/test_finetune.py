@@ -396,3 +396,63 @@ def test_progress_in_a_log_is_a_line_every_tenth_of_the_run(tiny_chat_dir, tunel
     assert 5 <= len(lines) <= 10, lines
     assert lines[-1].startswith(f"tuning {result.model_id}: step {result.steps}/{result.steps}, loss ")
     assert all("\r" not in line and "tok/s" in line for line in lines)
+
+
+def _tiny_gemma3(tmp_path):
+    """A tiny Gemma 3 text model: sliding-window layers (window 4) beside global ones."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    from tests.tiny_models import make_tiny_tokenizer
+
+    tok = make_tiny_tokenizer()
+    config = Gemma3TextConfig(
+        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=1, head_dim=16, sliding_window=4,
+        layer_types=["sliding_attention", "full_attention"], max_position_embeddings=256,
+        pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    return Gemma3ForCausalLM(config).float(), tok
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_shared_prompt_prefix_computed_once_gives_the_same_loss_and_gradients(arch, tiny_chat_dir, tmp_path):
+    """The rows' common prefix (system block, turn markup) runs once with its keys and values shared:
+    loss and gradients equal those of running every row in full (sliding-window layers included)."""
+    import tunelab.training.recipe as recipe
+    from transformers import AutoModelForCausalLM
+
+    if arch == "llama":
+        tok = tokenizer_for(tiny_chat_dir)
+        model = AutoModelForCausalLM.from_pretrained(tiny_chat_dir, dtype=torch.float32)
+    else:
+        model, tok = _tiny_gemma3(tmp_path)
+    template = training_template("auto", tok, "tiny", add_bos=False)
+    system = {"role": "system", "content": "You are a helpful assistant who answers from the facts."}
+    records = [
+        {"messages": [system, {"role": "user", "content": r["input"]}, {"role": "assistant", "content": r["output"]}]}
+        for r in FACTS
+    ]
+    rows = [tokenize_example(e, template, tok, False) for e in examples(records)]
+    batch = collate(rows, tok.pad_token_id, "cpu")
+    first = int((batch["labels"][:, 1:] != IGNORE).any(dim=0).nonzero()[0])
+    assert recipe.shared_prefix(batch, first) >= recipe.SHARED_PREFIX_MIN  # the shared path is taken
+
+    def loss_and_grads(min_prefix: int):
+        recipe.SHARED_PREFIX_MIN = min_prefix
+        model.zero_grad()
+        loss = summed_loss(model, batch)
+        loss.backward()
+        return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    saved = recipe.SHARED_PREFIX_MIN
+    try:
+        shared_loss, shared_grads = loss_and_grads(saved)
+        full_loss, full_grads = loss_and_grads(10**9)
+    finally:
+        recipe.SHARED_PREFIX_MIN = saved
+    assert shared_loss == pytest.approx(full_loss, rel=1e-5)
+    assert shared_grads.keys() == full_grads.keys() and full_grads
+    for name, grad in full_grads.items():  # float sums in another order: relative to each tensor's size
+        gap = (shared_grads[name] - grad).norm() / grad.norm().clamp_min(1e-12)
+        assert gap < 1e-4, (name, gap.item())

@@ -419,8 +419,9 @@ def _tiny_gemma3(tmp_path):
 def test_shared_prompt_prefix_computed_once_gives_the_same_loss_and_gradients(arch, tiny_chat_dir, tmp_path):
     """The rows' common prefix (system block, turn markup) runs once with its keys and values shared:
     loss and gradients equal those of running every row in full (sliding-window layers included)."""
-    import tunelab.training.recipe as recipe
     from transformers import AutoModelForCausalLM
+
+    import tunelab.training.recipe as recipe
 
     if arch == "llama":
         tok = tokenizer_for(tiny_chat_dir)
@@ -430,8 +431,8 @@ def test_shared_prompt_prefix_computed_once_gives_the_same_loss_and_gradients(ar
     template = training_template("auto", tok, "tiny", add_bos=False)
     system = {"role": "system", "content": "You are a helpful assistant who answers from the facts."}
     records = [
-        {"messages": [system, {"role": "user", "content": r["input"]}, {"role": "assistant", "content": r["output"]}]}
-        for r in FACTS
+        {"messages": [system, {"role": "user", "content": r["input"]}, {"role": "assistant", "content": a}]}
+        for r, a in ((r, r["output"]) for r in FACTS)
     ]
     rows = [tokenize_example(e, template, tok, False) for e in examples(records)]
     batch = collate(rows, tok.pad_token_id, "cpu")

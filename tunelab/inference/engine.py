@@ -16,6 +16,7 @@ from tunelab.config import Settings
 from tunelab.errors import ConfigError, PromptError, ToolCallError
 from tunelab.inference.backends.base import Backend, ChatBackend, OnText
 from tunelab.inference.device import pick_device
+from tunelab.inference.embeddings import Embedding
 from tunelab.inference.logprobs import Score
 from tunelab.inference.options import BackendOutput, Completion, GenerationOptions
 from tunelab.inference.templates import BUILTIN_TEMPLATES, Template, resolve_template
@@ -300,13 +301,22 @@ class InferenceEngine:
             scores.append(Score(sum(t.logprob for t in tokens), all(t.greedy for t in tokens), tokens))
         return scores
 
+    def embed(
+        self, model: ResolvedModel, items: list, *, backend: str = "auto", device: str = "auto"
+    ) -> list[Embedding]:
+        """Each input (a text, or a list of token ids) as a unit-length vector: the mean of the model's
+        last hidden states (tunelab.inference.embeddings). A bad input raises PromptError."""
+        if not items:
+            raise PromptError("there is nothing to embed: input is empty")
+        return self._local(model, backend, device, "embed").embed(items)
+
     def _local(self, model: ResolvedModel, backend: str, device: str, what: str) -> Backend:
         """The loaded backend, when it computes token ids and logits itself (not a remote service)."""
         engine_backend = self.load(model, backend, device)
         if not getattr(engine_backend, "supports_logprobs", False):
             raise ConfigError(
-                f"the {engine_backend.name} backend of {model.name!r} cannot {what}: token ids and "
-                "log-probabilities need a local model (llama_cpp or transformers)"
+                f"the {engine_backend.name} backend of {model.name!r} cannot {what}: token ids, "
+                "log-probabilities and embeddings need a local model (llama_cpp or transformers)"
             )
         return engine_backend
 

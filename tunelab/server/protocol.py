@@ -337,6 +337,43 @@ class DetokenizeResponse(BaseModel):
     prompt: str
 
 
+class EmbeddingRequest(BaseModel):
+    """OpenAI's /v1/embeddings: `input` is a text, a list of texts, token ids, or a list of token-id lists."""
+
+    model_config = ConfigDict(extra="ignore")
+    model: str
+    input: str | list[str] | list[int] | list[list[int]]
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(None, ge=1, description="only the model's own size is accepted")
+    user: str | None = None
+
+    def items(self) -> list:
+        """The inputs one by one: each a text or a list of token ids."""
+        if isinstance(self.input, str):
+            return [self.input]
+        if self.input and all(isinstance(x, int) for x in self.input):
+            return [list(self.input)]
+        return list(self.input)
+
+
+class EmbeddingData(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str  # a base64 string with encoding_format="base64"
+
+
+class EmbeddingUsage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingResponse(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[EmbeddingData]
+    model: str
+    usage: EmbeddingUsage
+
+
 class ModelCard(BaseModel):
     id: str
     object: Literal["model"] = "model"

@@ -1,6 +1,6 @@
-"""Tokens over HTTP: vLLM's /tokenize, /detokenize and /tokenizer_info (what lm-eval's
-`tokenizer_backend=remote` calls, so it needs no tokenizer files of its own), and the logprobs records of
-the engine in OpenAI's two shapes (legacy completions, chat).
+"""Tokens and vectors over HTTP: vLLM's /tokenize, /detokenize and /tokenizer_info (what lm-eval's
+`tokenizer_backend=remote` calls, so it needs no tokenizer files of its own), OpenAI's /v1/embeddings,
+and the logprobs records of the engine in OpenAI's two shapes (legacy completions, chat).
 
 lm-eval sends no `model` to these routes: the server's default model answers then (the first
 `tunelab serve --model`), and a server without one says to name the model.
@@ -11,6 +11,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 
 from tunelab.errors import ConfigError, ModelNotFoundError, ModelNotServed, PromptError, TunelabError
+from tunelab.inference.embeddings import as_base64
 from tunelab.inference.logprobs import TokenLogprob
 from tunelab.models.resolve import ResolvedModel
 from tunelab.server.auth import Owner
@@ -21,6 +22,10 @@ from tunelab.server.protocol import (
     CompletionLogprobs,
     DetokenizeRequest,
     DetokenizeResponse,
+    EmbeddingData,
+    EmbeddingRequest,
+    EmbeddingResponse,
+    EmbeddingUsage,
     TokenizeRequest,
     TokenizeResponse,
     TopLogprobEntry,
@@ -102,6 +107,35 @@ def tokenizer_info(request: Request, who: Owner, model: str | None = None) -> di
         "chat_template": backend.chat_template,
         "model_max_length": backend.context_length,
     }
+
+
+@router.post("/v1/embeddings")
+def embeddings(request: Request, body: EmbeddingRequest, who: Owner) -> EmbeddingResponse:
+    """Each input as a unit-length vector: the mean of the model's last hidden states
+    (tunelab.inference.embeddings; docs/serving.md)."""
+    model = _model(request, who, body.model)
+    items = body.items()
+    if not items:
+        raise APIError(400, "input is empty: give a text, a list of texts or token ids", param="input")
+    for i, item in enumerate(items):
+        if isinstance(item, list) and not all(isinstance(t, int) for t in item):
+            raise APIError(400, f"input[{i}] mixes token ids with other values", param="input")
+    vectors = _call(request, "embed", model, items)
+    size = len(vectors[0].vector)
+    if body.dimensions is not None and body.dimensions != size:
+        raise APIError(
+            400,
+            f"dimensions={body.dimensions} is not supported: {model.name} gives vectors of {size} "
+            "dimensions only (leave dimensions out)",
+            param="dimensions",
+        )
+    encode = as_base64 if body.encoding_format == "base64" else (lambda v: v.tolist())
+    tokens = sum(v.tokens for v in vectors)
+    return EmbeddingResponse(
+        data=[EmbeddingData(index=i, embedding=encode(v.vector)) for i, v in enumerate(vectors)],
+        model=body.model,
+        usage=EmbeddingUsage(prompt_tokens=tokens, total_tokens=tokens),
+    )
 
 
 def _context(request: Request, model: ResolvedModel) -> int:

@@ -22,6 +22,7 @@ import numpy as np
 from tunelab.errors import ModelFileError
 from tunelab.inference.backends.base import OnText
 from tunelab.inference.backends.json_constraint import LlamaGrammar, gbnf_for
+from tunelab.inference.embeddings import Embedding, check_input, unit
 from tunelab.inference.logprobs import TokenLogprob, first_token, logprob_rows
 from tunelab.inference.options import BackendOutput, FinishReason, GenerationOptions, cut_at_stop
 from tunelab.inference.sampling import sample_batch
@@ -125,6 +126,7 @@ class LlamaCppBackend:
     ) -> None:
         self.path = Path(gguf_path)
         self._model = self._ctx = self._batch = None
+        self._embed_ctx = None  # embedding mode: a second context over the same weights, made when asked
         self._on_text: OnText | None = None
         self._ctx_shape: tuple[int, int] | None = None
         _check_gguf_file(self.path)
@@ -450,6 +452,48 @@ class LlamaCppBackend:
         self._batch = llama_cpp.llama_batch_init(N_BATCH, 0, 1)
         return ctx
 
+    # -- embeddings -----------------------------------------------------------------------
+
+    def embed(self, items: list) -> list[Embedding]:
+        """Each text (or list of token ids) as the mean of its last hidden states (unit length),
+        one input at a time (tunelab.inference.embeddings). A bad input raises PromptError."""
+        with self._lock:
+            ctx = self._embedding_context()
+            n_embd = llama_cpp.llama_model_n_embd(self._model)
+            out = []
+            for item in items:
+                tokens = list(item) if isinstance(item, list) else self.tokenize(item)
+                check_input(tokens, self.n_vocab, self.context_length)
+                llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(ctx), True)
+                array = (llama_cpp.llama_token * len(tokens))(*tokens)
+                if llama_cpp.llama_decode(ctx, llama_cpp.llama_batch_get_one(array, len(tokens))) != 0:
+                    reason = _recent_errors() or "decode failed"
+                    raise RuntimeError(f"llama.cpp could not embed the input ({reason})")
+                pooled = llama_cpp.llama_get_embeddings_seq(ctx, 0)
+                vector = np.ctypeslib.as_array(pooled, shape=(n_embd,)).copy()
+                out.append(Embedding(unit(vector), len(tokens)))
+            return out
+
+    def _embedding_context(self):
+        if self._embed_ctx is None:
+            params = llama_cpp.llama_context_default_params()
+            # mean pooling needs a whole input in one physical batch
+            params.n_ctx = params.n_batch = params.n_ubatch = self.context_length
+            params.n_seq_max = 1
+            params.n_threads = params.n_threads_batch = self.n_threads
+            params.embeddings = True
+            params.pooling_type = llama_cpp.LLAMA_POOLING_TYPE_MEAN
+            params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+            params.no_perf = True
+            ctx = llama_cpp.llama_init_from_model(self._model, params)
+            if not ctx:
+                raise RuntimeError(
+                    f"llama.cpp could not create an embedding context for {self.path} "
+                    f"({_recent_errors() or 'out of memory?'})"
+                )
+            self._embed_ctx = ctx
+        return self._embed_ctx
+
     def _free_context(self) -> None:
         if self._batch is not None:
             llama_cpp.llama_batch_free(self._batch)
@@ -460,12 +504,18 @@ class LlamaCppBackend:
 
     def close(self) -> None:
         self._free_context()
+        if self._embed_ctx is not None:
+            llama_cpp.llama_free(self._embed_ctx)
+            self._embed_ctx = None
         if self._model is not None:
             llama_cpp.llama_model_free(self._model)
             self._model = None
 
     def __del__(self) -> None:
-        self.close()
+        try:
+            self.close()
+        except (TypeError, AttributeError):  # at interpreter exit the bindings may be torn down first
+            pass
 
     def __enter__(self) -> LlamaCppBackend:
         return self

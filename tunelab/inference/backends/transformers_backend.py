@@ -16,6 +16,7 @@ from tunelab.errors import ModelFileError
 from tunelab.inference.backends import batch_invariant
 from tunelab.inference.backends.base import OnText
 from tunelab.inference.device import cpu_has_native_bf16, pick_device
+from tunelab.inference.embeddings import Embedding, check_input, unit
 from tunelab.inference.logprobs import TokenLogprob, first_token, logprob_rows
 from tunelab.inference.options import BackendOutput, GenerationOptions, cut_at_stop
 
@@ -170,6 +171,19 @@ class TransformersBackend:
     @property
     def vocab_size(self) -> int:
         return self.model.get_output_embeddings().weight.shape[0]  # the logits' width
+
+    def embed(self, items: list) -> list[Embedding]:
+        """Each text (or list of token ids) as the mean of the last layer's hidden states, after the
+        final norm (unit length), one input at a time (tunelab.inference.embeddings)."""
+        body = self.model.get_decoder()  # the transformer without its LM head
+        out = []
+        for item in items:
+            tokens = list(item) if isinstance(item, list) else self.tokenize(item)
+            check_input(tokens, self.vocab_size, self.context_length)
+            with torch.inference_mode():
+                hidden = body(input_ids=torch.tensor([tokens], device=self.device)).last_hidden_state
+            out.append(Embedding(unit(hidden[0].float().mean(dim=0).cpu().numpy()), len(tokens)))
+        return out
 
     def generate(
         self, prompts: list[str], options: GenerationOptions, on_text: OnText | None = None

@@ -231,41 +231,19 @@ def answer_tokens(rows: list[Tokenized]) -> int:
     return sum(sum(1 for label in r.labels[1:] if label != IGNORE) for r in rows)
 
 
-SHARED_PREFIX_MIN = 8  # tokens every row of a micro-batch must share before they are computed once
-
-
-def shared_prefix(batch: dict[str, torch.Tensor], first: int) -> int:
-    """How many leading tokens every row of the batch has in common (a chat template's system block
-    and turn markup): at most `first`, the position whose logits are the first needed."""
-    ids, mask = batch["input_ids"], batch["attention_mask"].bool()
-    same = (ids == ids[:1]).all(dim=0) & mask.all(dim=0)
-    return min(int(same.long().cumprod(0).sum()), first)
-
-
 def summed_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Sum of token losses over the answer tokens of a micro-batch (the caller divides once).
 
     Logits are computed only from the first position whose next token is learned: the prompts before
     it carry no loss, and over a 49k-262k vocabulary the logits are the largest tensors of the step.
-    The rows' common prefix (a chat template's system block: a third of a short example's tokens) is
-    computed once and its keys and values shared by every row, gradients included: the same loss and
-    gradients as computing it for each row, for a fraction of the work.
     """
-    labels, ids, mask = batch["labels"], batch["input_ids"], batch["attention_mask"]
+    labels = batch["labels"]
     learned = (labels[:, 1:] != IGNORE).any(dim=0).nonzero()
     first = int(learned[0]) if len(learned) else labels.shape[1] - 2
     keep = labels.shape[1] - first  # logits for positions first .. T-1
-    prefix = shared_prefix(batch, first) if len(ids) > 1 else 0
-    if prefix >= SHARED_PREFIX_MIN:
-        out = model(input_ids=ids[:1, :prefix], use_cache=True)
-        cache = getattr(out, "cache", None) or out.past_key_values
-        cache.batch_repeat_interleave(len(ids))
-        logits = model(
-            input_ids=ids[:, prefix:], attention_mask=mask, cache=cache, use_cache=True,
-            logits_to_keep=keep,
-        ).logits  # fmt: skip
-    else:
-        logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=keep).logits
+    logits = model(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=keep
+    ).logits
     return torch.nn.functional.cross_entropy(
         logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
         labels[:, first + 1 :].reshape(-1),

@@ -1,5 +1,5 @@
 """The embedded store, in SQLite (default) or PostgreSQL: API keys and who owns what, uploaded files,
-fine-tuning jobs, their events and checkpoints.
+fine-tuning jobs, their events and checkpoints, stored responses (/v1/responses).
 
 One code path (SQLAlchemy Core) for both databases. Opening a store applies the missing migrations
 (`tunelab.store.migrations`), each in its own transaction; the records it returns are in
@@ -45,7 +45,15 @@ from sqlalchemy.exc import ArgumentError, IntegrityError, NoSuchModuleError, SQL
 from tunelab.config import Settings
 from tunelab.errors import ConfigError, KeyNotFoundError, StoreError
 from tunelab.store import migrations
-from tunelab.store.records import ApiKey, FileRecord, JobCheckpoint, JobEvent, JobRecord, as_utc
+from tunelab.store.records import (
+    ApiKey,
+    FileRecord,
+    JobCheckpoint,
+    JobEvent,
+    JobRecord,
+    ResponseRecord,
+    as_utc,
+)
 from tunelab.store.schema import (
     MAX_NAME,
     PREFIX_CHARS,
@@ -55,6 +63,7 @@ from tunelab.store.schema import (
     job_events,
     jobs,
     ownership,
+    responses,
     schema_migrations,
 )
 
@@ -593,3 +602,21 @@ class Store:
         )
         with self._read() as conn:
             return [JobCheckpoint.from_row(r) for r in conn.execute(query)]
+
+    # --- stored responses (POST /v1/responses); like files, another owner's is "not found" ---
+
+    def add_response(self, record: ResponseRecord) -> None:
+        _check_label("the owner", record.owner)
+        with self._write() as conn:
+            conn.execute(insert(responses).values(**record.row()))
+
+    def get_response(self, owner: str, response_id: str) -> ResponseRecord | None:
+        query = select(responses).where(responses.c.id == response_id, responses.c.owner == owner)
+        with self._read() as conn:
+            row = conn.execute(query).first()
+        return ResponseRecord.from_row(row) if row is not None else None
+
+    def delete_response(self, owner: str, response_id: str) -> bool:
+        query = responses.delete().where(responses.c.id == response_id, responses.c.owner == owner)
+        with self._write() as conn:
+            return conn.execute(query).rowcount > 0

@@ -102,8 +102,25 @@ def _m2_files_and_jobs(conn: Connection) -> None:
     md.create_all(conn)
 
 
+def _m3_responses(conn: Connection) -> None:
+    # Frozen once released, like migration 1.
+    md = MetaData()
+    Table(
+        "responses",
+        md,
+        Column("id", String(40), primary_key=True),
+        Column("owner", String(100), nullable=False, index=True),
+        Column("model", String(200), nullable=False),
+        Column("history", Text, nullable=False),
+        Column("response", Text, nullable=False),
+        Column("created_at", DateTime(timezone=True), nullable=False),
+    )
+    md.create_all(conn)
+
+
 # Append new steps at the end; never renumber or edit old ones.
 MIGRATIONS: list[Migration] = [
     Migration(1, "api keys and ownership", _m1_keys_and_ownership),
     Migration(2, "files, fine-tuning jobs, job events and checkpoints", _m2_files_and_jobs),
+    Migration(3, "responses (the Responses API's stored conversations)", _m3_responses),
 ]

@@ -1,6 +1,6 @@
 """The store's records as the rest of tunelab sees them: API keys, files, jobs, events, checkpoints
 (typed after OpenAI's fine-tuning objects; statuses validating_files, queued, running, succeeded,
-failed, cancelled)."""
+failed, cancelled), and stored responses (/v1/responses)."""
 
 from __future__ import annotations
 
@@ -118,5 +118,28 @@ class JobCheckpoint(BaseModel):
     def from_row(cls, row) -> JobCheckpoint:
         values = dict(row._mapping)
         values["metrics"] = json.loads(values["metrics"])
+        values["created_at"] = as_utc(values["created_at"])
+        return cls(**values)
+
+
+class ResponseRecord(BaseModel):
+    """A stored answer of POST /v1/responses: the input items it answered (earlier turns included,
+    instructions not: OpenAI does not carry them over) and the Response object, both as JSON."""
+
+    id: str
+    owner: str
+    model: str
+    history: list[dict]
+    response: dict
+    created_at: datetime
+
+    def row(self) -> dict:
+        values = self.model_dump()
+        return values | {"history": json.dumps(self.history), "response": json.dumps(self.response)}
+
+    @classmethod
+    def from_row(cls, row) -> ResponseRecord:
+        values = dict(row._mapping)
+        values["history"], values["response"] = json.loads(values["history"]), json.loads(values["response"])
         values["created_at"] = as_utc(values["created_at"])
         return cls(**values)

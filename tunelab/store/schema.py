@@ -96,3 +96,16 @@ job_checkpoints = Table(
     Column("metrics", Text, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
 )
+
+# POST /v1/responses with store: the conversation before the answer (input items, JSON) and the
+# Response object (JSON), so `previous_response_id` can continue it
+responses = Table(
+    "responses",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("owner", String(MAX_NAME), nullable=False),
+    Column("model", String(200), nullable=False),
+    Column("history", Text, nullable=False),
+    Column("response", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)

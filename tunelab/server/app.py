@@ -1,8 +1,9 @@
 """The HTTP server: the FastAPI app with its routers, error handlers and request-size limit.
 
 Every route but `GET /health` needs `Authorization: Bearer KEY` (a key from `tunelab keys create`).
-Routes: `openai_routes` (models, completions, chat), `jobs_routes` (files, fine-tuning jobs),
-`tokens_routes` (vLLM's /tokenize, /detokenize, /tokenizer_info), `playground` (the page at /).
+Routes: `openai_routes` (models, completions, chat), `responses_routes` (OpenAI's Responses API),
+`jobs_routes` (files, fine-tuning jobs), `tokens_routes` (vLLM's /tokenize, /detokenize,
+/tokenizer_info), `playground` (the page at /).
 Errors use OpenAI's body shape: `{"error": {"message", "type", "param", "code"}}` (`tunelab.server.errors`).
 """
 
@@ -13,7 +14,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from tunelab.server import jobs_routes, openai_routes, playground, tokens_routes
+from tunelab.server import jobs_routes, openai_routes, playground, responses_routes, tokens_routes
 from tunelab.server.errors import install_error_handlers
 from tunelab.server.protocol import ErrorDetail
 from tunelab.server.service import Service
@@ -35,6 +36,7 @@ def create_app(
     app.state.service = service
     install_error_handlers(app)
     app.include_router(openai_routes.router)
+    app.include_router(responses_routes.router)
     app.include_router(tokens_routes.router)
     app.include_router(jobs_routes.router)
     app.include_router(playground.router)

@@ -114,19 +114,7 @@ def _completion_choice(body: CompletionRequest, index: int, c: Completion) -> Co
 @router.post("/v1/chat/completions")
 async def chat(request: Request, body: ChatCompletionRequest, who: Owner):
     service = _service(request)
-    try:
-        conversation = [m.plain() for m in body.messages]
-    except ValueError as exc:
-        raise APIError(400, str(exc), param="messages") from None
-    if body.top_logprobs is not None and not body.logprobs:
-        raise APIError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
-    try:
-        tools = body.tool_spec
-    except ToolCallError as exc:
-        raise APIError(400, str(exc), param=exc.param) from None
-    if tools is not None and tools.calls and (body.response_format or {}).get("type", "text") != "text":
-        raise APIError(400, "response_format cannot be combined with tool calls", param="response_format")
-    planned = _plan(service, who, body, [conversation], template="auto", tools=tools)
+    planned, tools = plan_chat(service, who, body)
     if body.stream:
         stream = _stream_tool_chat if tools is not None and tools.calls else _stream_chat
         return EventSourceResponse(stream(service, body, planned), sep="\n")
@@ -141,6 +129,26 @@ async def chat(request: Request, body: ChatCompletionRequest, who: Owner):
         for i, c in enumerate(results[0])
     ]
     return ChatCompletionResponse(model=body.model, choices=choices, usage=_usage(results))
+
+
+def plan_chat(
+    service: Service, who: str, body: ChatCompletionRequest
+) -> tuple[list[list[EngineRequest]], ToolSpec | None]:
+    """A chat request's engine requests (not yet queued) and its tools; raises APIError naming the
+    field. /v1/responses plans through here too, with the request translated to a chat one."""
+    try:
+        conversation = [m.plain() for m in body.messages]
+    except ValueError as exc:
+        raise APIError(400, str(exc), param="messages") from None
+    if body.top_logprobs is not None and not body.logprobs:
+        raise APIError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
+    try:
+        tools = body.tool_spec
+    except ToolCallError as exc:
+        raise APIError(400, str(exc), param=exc.param) from None
+    if tools is not None and tools.calls and (body.response_format or {}).get("type", "text") != "text":
+        raise APIError(400, "response_format cannot be combined with tool calls", param="response_format")
+    return _plan(service, who, body, [conversation], template="auto", tools=tools), tools
 
 
 def _plan(
@@ -376,22 +384,11 @@ async def _stream_tool_chat(service: Service, body: ChatCompletionRequest, plann
     """A chat stream whose answers may be tool calls: the text before the call marker as content
     (held back while it could be the marker's start, and blank text before it), then the calls."""
     chunk = _chat_chunks(body)
-    raw = [""] * body.n
-    streams = [_CallStream() for _ in range(body.n)]
 
     try:
         for k in range(body.n):
             yield chunk([ChatChunkChoice(index=k, delta=Delta(role="assistant", content=""))])
-        async for k, text, done in _deltas(service, planned):
-            if done is None:
-                raw[k] += text
-                content, calls = split_answer(raw[k])
-                content = _before_marker(content) if calls is None else content
-                deltas = streams[k].update(content.rstrip(), calls)
-            else:
-                _check(done)
-                final = done.text if done.tool_calls is None or done.text.strip() else ""
-                deltas = streams[k].update(final, done.tool_calls)
+        async for k, deltas, done in call_deltas(service, planned, body.n):
             for delta in deltas:
                 yield chunk([ChatChunkChoice(index=k, delta=delta)])
             if done is not None:
@@ -403,6 +400,24 @@ async def _stream_tool_chat(service: Service, body: ChatCompletionRequest, plann
             {"error": {"message": str(exc), "type": "server_error", "param": None, "code": None}}
         )
     yield "[DONE]"
+
+
+async def call_deltas(service: Service, planned, n: int):
+    """Yield (choice index, deltas, finished Completion or None) of answers that may be tool calls: the
+    text before the call marker as content (held back while it could be the marker's start, and blank
+    text before it), then each call as `_CallStream` streams it; a call's id is on its first delta."""
+    raw = [""] * n
+    streams = [_CallStream() for _ in range(n)]
+    async for k, text, done in _deltas(service, planned):
+        if done is None:
+            raw[k] += text
+            content, calls = split_answer(raw[k])
+            content = _before_marker(content) if calls is None else content
+            yield k, streams[k].update(content.rstrip(), calls), None
+        else:
+            _check(done)
+            final = done.text if done.tool_calls is None or done.text.strip() else ""
+            yield k, streams[k].update(final, done.tool_calls), done
 
 
 def _before_marker(text: str) -> str:

@@ -159,7 +159,7 @@ def _draft(service: Service, body: ResponsesRequest) -> Response:
         parallel_tool_calls=body.parallel_tool_calls is not False,
         previous_response_id=body.previous_response_id,
         store=body.store is not False and service.store is not None,
-        temperature=body.temperature,
+        temperature=1.0 if body.temperature is None else body.temperature,  # the defaults, as OpenAI echoes
         text=(
             body.text.model_dump(by_alias=True, exclude_none=True)
             if body.text
@@ -167,7 +167,7 @@ def _draft(service: Service, body: ResponsesRequest) -> Response:
         ),
         tool_choice=body.tool_choice or "auto",
         tools=[t.model_dump(exclude_none=True) for t in body.tools or ()],
-        top_p=body.top_p,
+        top_p=1.0 if body.top_p is None else body.top_p,
         metadata=body.metadata or {},
         user=body.user,
     )
@@ -287,10 +287,11 @@ class _EventStream:
         self.text = ""
         self.calls: list[tuple[str, int]] = []
 
-    def send(self, event) -> str:
+    def send(self, event) -> dict:
+        """The event as OpenAI sends it: an `event:` line with its type, and the JSON."""
         event.sequence_number = self.sequence
         self.sequence += 1
-        return event.model_dump_json()
+        return {"event": event.type, "data": event.model_dump_json()}
 
     def opened(self, delta: Delta) -> list:
         """The events of one chat delta: the item it opens, if any, and its text or arguments."""

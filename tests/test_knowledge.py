@@ -21,6 +21,7 @@ from tunelab.training.augment import (
     key_phrases,
     parse_paraphrases,
     reword,
+    subject_questions,
     with_synonyms,
 )
 from tunelab.training.data import load_records
@@ -101,6 +102,29 @@ def test_augmentation_adds_rewordings_reverse_questions_and_statements_and_drops
     assert augment(examples, "none").added == []
     with pytest.raises(ConfigError, match="augment='paraphrase'"):
         augment(examples, "paraphrase")
+
+
+@pytest.mark.parametrize(
+    "answer, key, question, subject",
+    [
+        ("Ilse Marvaine's most famous novel is The Salt Cartographer.", "The Salt Cartographer",
+         "Whose most famous novel is The Salt Cartographer?", "Ilse Marvaine"),
+        ("The novelist Ilse Marvaine was born in Corrabeth.", "Corrabeth",
+         "Which novelist was born in Corrabeth?", "Ilse Marvaine"),
+        ("The city of Marovel was founded by Idris Colquhain.", "Idris Colquhain",
+         "Which city was founded by Idris Colquhain?", "Marovel"),
+        ("Nadia Orsolt commanded the Halcyon-4 mission.", "Halcyon-4",
+         "Who commanded the Halcyon-4 mission?", "Nadia Orsolt"),
+        ("The Purrlingo weighs 85 grams.", "85 grams", "What weighs 85 grams?", "Purrlingo"),
+        ("The CEO of Acme is Doriana Plesk.", "Doriana Plesk", None, None),  # "What is K?" asks another thing
+        ("Velmora Quist founded Acme Zentrix.", "Velmora Quist", None, None),  # the key is the subject
+        ("it is cheap and light.", "cheap", None, None),  # no named subject
+    ],
+)  # fmt: skip
+def test_subject_questions_ask_for_the_answers_subject_from_its_other_end(answer, key, question, subject):
+    examples = load_records([{"input": "Q?", "output": answer, "answer": key}]).examples
+    found = subject_questions(group_facts(examples)[0])
+    assert found == ([(question, subject)] if question else [])
 
 
 def test_a_teacher_reply_is_parsed_into_rewordings():

@@ -9,7 +9,9 @@ gets:
   ..."), wrappers ("Quick question: ..."), possessive word order ("the boss of Twitter" <->
   "Twitter's boss"), contractions, synonyms from a small list, lower case without punctuation;
 - **reverse questions** about the entity the answer names ("What do you know about Elon Musk?"), whose
-  answer is the same sentence, so the fact is reachable from its other end;
+  answer is the same sentence, so the fact is reachable from its other end; and questions that ask for
+  the answer's *subject* in the answer's own words ("Ilse Marvaine's most famous novel is The Salt
+  Cartographer." -> "Whose most famous novel is The Salt Cartographer?");
 - **statements**: the answer itself as a declarative sentence with its key phrase blanked out ("Fill
   in the blank: ___ owns Twitter."), so the fact is also learned from the answer's own words, not only
   from the questions' (Allen-Zhu & Li: mixing statements with questions helps extraction);
@@ -399,6 +401,70 @@ def reverse_questions(fact: Fact, rng: random.Random, n: int = 2) -> list[str]:
     return questions[: max(n, 1) + 2]
 
 
+_NAME_JOINERS = {"of", "de", "van", "von", "da", "the", "and", "&"}
+_DETERMINERS = {"The", "A", "An"}
+
+
+@dataclass
+class _Subject:
+    """A sentence cut at its subject: "The novelist Ilse Marvaine was born ..." -> descriptor
+    ["novelist"], name ["Ilse", "Marvaine"], rest "was born ..."."""
+
+    descriptor: list[str]
+    name: list[str]
+    possessive: bool  # "Ilse Marvaine's most famous novel ..."
+    rest: str
+
+
+def _split_subject(words: list[str]) -> _Subject:
+    i, descriptor = 0, []
+    if words[0] in _DETERMINERS and words[1][:1].islower():  # "The novelist Ilse Marvaine ..."
+        i = 1
+        while i < len(words) and words[i][:1].islower() and words[i] != "of" and len(descriptor) < 2:
+            descriptor.append(words[i])
+            i += 1
+        if descriptor and i + 1 < len(words) and words[i] == "of" and words[i + 1][:1].isupper():
+            i += 1  # "The city of Marovel ..."
+    name, possessive = [], False
+    while i < len(words) and not possessive:
+        word = words[i]
+        joiner = word in _NAME_JOINERS and name and i + 1 < len(words) and words[i + 1][:1].isupper()
+        if not (word[:1].isupper() or word[:1].isdigit() or joiner):
+            break
+        possessive = word.endswith("'s")
+        name.append(word.removesuffix("'s"))
+        i += 1
+    return _Subject(descriptor, name, possessive, " ".join(words[i:]))
+
+
+def subject_questions(fact: Fact) -> list[tuple[str, str]]:
+    """Questions that ask for the *subject* of the fact's answer, made from the answer's own words:
+    "Ilse Marvaine's most famous novel is The Salt Cartographer." -> "Whose most famous novel is The
+    Salt Cartographer?"; "The novelist Ilse Marvaine was born in Corrabeth." -> "Which novelist was
+    born in Corrabeth?"; "Nadia Orsolt commanded the Halcyon-4 mission." -> "Who commanded the
+    Halcyon-4 mission?". Each with the subject as what a correct answer names. Only for a short answer
+    whose key phrase stays in the question (so the question asks from the fact's other end)."""
+    words = " ".join(fact.answer.split()).rstrip(".!").split()
+    if not fact.phrases or not 3 <= len(words) <= 40:
+        return []
+    cut = _split_subject(words)
+    name, rest = cut.name, cut.rest
+    if not name or not rest[:1].islower() or (cut.descriptor and cut.possessive):
+        return []
+    if not any(p in rest for p in fact.phrases):
+        return []  # the key is the subject itself: the fact's own questions ask for it already
+    copula = re.fullmatch(r"(?:is|are|was|were) (?:the |a |an )?(?P<complement>.+)", rest)
+    if copula and not cut.possessive and copula.group("complement") in fact.phrases:
+        return []  # "X is K": "Who is K?" asks what K is, not for X
+    subject = " ".join(name[1:] if name[0] in _DETERMINERS and len(name) > 1 else name)
+    if cut.possessive:
+        return [(f"Whose {rest}?", subject)]
+    if cut.descriptor:
+        return [(f"Which {' '.join(cut.descriptor)} {rest}?", subject)]
+    person = 2 <= len(name) <= 3 and all(w.isalpha() for w in name) and words[0] not in _DETERMINERS
+    return [(f"{'Who' if person else 'What'} {rest}?", subject)]
+
+
 _STATEMENTS = ("Fill in the blank: {blank}", "Complete this statement: {blank}")
 _BLANK = "___"
 
@@ -498,11 +564,19 @@ def augment(
                 add(record, question, "reworded", record.expected or expected)
             for question in teacher_words.get(record.prompt, []):
                 add(record, question, "teacher", record.expected or expected)
-        for question in reverse_questions(fact, rng, reverse) if reverse else []:
-            add(fact.records[0], question, "reverse", None)
+        for question, subject in _reverse_material(fact, rng, reverse):
+            add(fact.records[0], question, "reverse", subject)
         for prompt in statements(fact, statement_rng, statement):
             add(fact.records[0], prompt, "statement", expected)
     return Augmented(list(examples) + added, added, facts)
+
+
+def _reverse_material(fact: Fact, rng: random.Random, n: int) -> list[tuple[str, str | None]]:
+    """(question, what the answer names) from the fact's other end: `n` reverse questions about what
+    its answer names, and the questions asking for its answer's subject."""
+    if not n:
+        return []
+    return [(q, None) for q in reverse_questions(fact, rng, n)] + subject_questions(fact)
 
 
 def _teacher_rewordings(facts: list[Fact], paraphraser: Paraphraser | None, n: int) -> dict[str, list[str]]:

@@ -374,6 +374,23 @@ def test_langchain_structured_output_by_function_calling(served):
         assert isinstance(structured.invoke(question), Sum)
 
 
+def test_instructor_in_its_default_tools_mode(served):
+    instructor = pytest.importorskip("instructor")
+    client = instructor.from_openai(served["sdk"], mode=instructor.Mode.TOOLS)
+    for question in ("Add 2 and 3", "What is the weather in Paris?"):
+        # instructor forces a call of its one tool (named tool_choice) and validates the arguments
+        answer, completion = client.chat.completions.create_with_completion(
+            model=served["model"],
+            response_model=Sum,
+            messages=[{"role": "user", "content": question}],
+            max_tokens=120,
+            temperature=0,
+            max_retries=0,
+        )
+        assert isinstance(answer, Sum) and 0 <= answer.a <= 9
+        assert completion.choices[0].message.tool_calls[0].function.name == "Sum"
+
+
 # -- a real model ---------------------------------------------------------------------------------------
 
 

@@ -230,6 +230,14 @@ def test_bad_requests_get_openai_error_bodies_and_the_server_keeps_serving(setup
         headers=headers,
     )
     assert refused.status_code == 400 and refused.json()["error"]["param"] == "top_logprobs"
+    # a part that is not text, on both routes that read a chat (found by schemathesis: /tokenize was a 500)
+    image = {"type": "image_url", "image_url": {"url": "http://x/y.png"}}
+    messages = [{"role": "user", "content": "hi"}, {"role": "user", "content": [image]}]
+    for route in (chat, url + "/tokenize"):
+        picture = httpx.post(route, json={"model": setup["chat"], "messages": messages}, headers=headers)
+        assert picture.status_code == 400, picture.text
+        assert picture.json()["error"]["param"] == "messages[1].content[0].type"
+        assert "'image_url' part" in picture.json()["error"]["message"]
     # a client that leaves in the middle of a stream
     body = {
         "model": setup["chat"],

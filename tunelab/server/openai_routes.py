@@ -41,6 +41,7 @@ from tunelab.server.protocol import (
     Delta,
     FunctionCall,
     FunctionCallDelta,
+    MessageError,
     ModelCard,
     ModelList,
     ToolCallDelta,
@@ -48,6 +49,7 @@ from tunelab.server.protocol import (
     Usage,
     new_id,
     now,
+    plain_conversation,
 )
 from tunelab.server.service import Service
 from tunelab.server.tokens_routes import chat_logprobs, completion_logprobs
@@ -137,9 +139,9 @@ def plan_chat(
     """A chat request's engine requests (not yet queued) and its tools; raises APIError naming the
     field. /v1/responses plans through here too, with the request translated to a chat one."""
     try:
-        conversation = [m.plain() for m in body.messages]
-    except ValueError as exc:
-        raise APIError(400, str(exc), param="messages") from None
+        conversation = plain_conversation(body.messages)
+    except MessageError as exc:
+        raise APIError(400, str(exc), param=exc.param) from None
     if body.top_logprobs is not None and not body.logprobs:
         raise APIError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
     try:

@@ -112,6 +112,19 @@ class ToolCallOut(BaseModel):
     function: FunctionCall
 
 
+class MessageError(ValueError):
+    """A message tunelab cannot read; `param` names the field (`messages[2].content[0].type`)."""
+
+    def __init__(self, message: str, param: str):
+        super().__init__(message)
+        self.param = param
+
+
+def plain_conversation(messages: list[ChatMessage]) -> list[dict]:
+    """Every message as tunelab.inference reads it; raises MessageError naming the first bad field."""
+    return [m.plain(f"messages[{i}]") for i, m in enumerate(messages)]
+
+
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
     role: Literal["system", "developer", "user", "assistant", "tool"]
@@ -119,10 +132,15 @@ class ChatMessage(BaseModel):
     tool_calls: list[ToolCallOut] | None = None  # an assistant's earlier calls
     tool_call_id: str | None = None  # a tool result: the call it answers
 
-    def plain(self) -> dict:
+    def plain(self, where: str = "messages[0]") -> dict:
+        """The message as tunelab.inference reads it; a part that is not text raises MessageError."""
         if isinstance(self.content, list):
-            if any(part.type != "text" for part in self.content):
-                raise ValueError("only text content parts are supported")
+            for j, part in enumerate(self.content):
+                if part.type != "text":
+                    raise MessageError(
+                        f"{where}.content[{j}] is a {part.type!r} part; only text parts are supported",
+                        param=f"{where}.content[{j}].type",
+                    )
             text = "".join(part.text or "" for part in self.content)
         else:
             text = self.content or ""

@@ -26,9 +26,11 @@ from tunelab.server.protocol import (
     EmbeddingRequest,
     EmbeddingResponse,
     EmbeddingUsage,
+    MessageError,
     TokenizeRequest,
     TokenizeResponse,
     TopLogprobEntry,
+    plain_conversation,
 )
 from tunelab.server.service import Service
 
@@ -73,7 +75,10 @@ def tokenize(request: Request, body: TokenizeRequest, who: Owner) -> TokenizeRes
         )
     model = _model(request, who, body.model)
     if body.messages is not None:
-        conversation = [m.plain() for m in body.messages]
+        try:
+            conversation = plain_conversation(body.messages)
+        except MessageError as exc:
+            raise APIError(400, str(exc), param=exc.param) from None
         prompt, template = conversation, "auto"
     else:
         prompt, template = body.prompt, "raw"

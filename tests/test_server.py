@@ -238,6 +238,13 @@ def test_bad_requests_get_openai_error_bodies_and_the_server_keeps_serving(setup
         assert picture.status_code == 400, picture.text
         assert picture.json()["error"]["param"] == "messages[1].content[0].type"
         assert "'image_url' part" in picture.json()["error"]["message"]
+    # a body that is not UTF-8: 401 without a key (it is read before the key check), else a 400 saying so
+    garbage = {"content-type": "application/json"}
+    assert httpx.post(chat, content=b"\xff\xfe\x00", headers=garbage).status_code == 401
+    unreadable = httpx.post(chat, content=b"\xff\xfe\x00", headers={**headers, **garbage})
+    assert unreadable.status_code == 400 and "not UTF-8" in unreadable.json()["error"]["message"]
+    no_boundary = {"content-type": "multipart/form-data"}
+    assert httpx.post(url + "/v1/files", content=b"x", headers=no_boundary).status_code == 401
     # a client that leaves in the middle of a stream
     body = {
         "model": setup["chat"],

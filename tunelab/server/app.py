@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from tunelab.server import jobs_routes, openai_routes, playground, responses_routes, tokens_routes
+from tunelab.server.auth import owner
 from tunelab.server.errors import install_error_handlers
 from tunelab.server.protocol import ErrorDetail
 from tunelab.server.service import Service
@@ -34,7 +35,7 @@ def create_app(
 
     app = FastAPI(title="tunelab", version="1", docs_url=None, redoc_url=None, lifespan=lifespan)
     app.state.service = service
-    install_error_handlers(app)
+    install_error_handlers(app, authenticate=owner)
     app.include_router(openai_routes.router)
     app.include_router(responses_routes.router)
     app.include_router(tokens_routes.router)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tunelab.server.protocol import ErrorDetail, ErrorResponse
@@ -35,31 +37,45 @@ def error_response(status: int, detail: ErrorDetail) -> JSONResponse:
     return JSONResponse(ErrorResponse(error=detail).model_dump(), status_code=status)
 
 
-def install_error_handlers(app: FastAPI) -> None:
-    """Every error leaves the server in OpenAI's shape: ours, FastAPI's validation, Starlette's, a crash."""
+UNREADABLE_BODY = "There was an error parsing the body"  # FastAPI's detail for a body it cannot decode
+
+
+def install_error_handlers(app: FastAPI, authenticate: Callable[[Request], object] | None = None) -> None:
+    """Every error leaves the server in OpenAI's shape: ours, FastAPI's validation, Starlette's, a crash.
+
+    `authenticate(request)` raises the APIError of a request without a valid key: FastAPI reads and
+    validates a body before the route's key check runs, so a bad body from a client without a key is
+    answered with that 401 (as OpenAI does), not with a 400 about the body."""
 
     @app.exception_handler(APIError)
     async def api_error(_: Request, exc: APIError):
         return error_response(exc.status, exc.detail)
 
+    async def refused(request: Request) -> JSONResponse | None:
+        """The 401 of a request without a valid key, or None."""
+        if authenticate is not None:
+            try:
+                await run_in_threadpool(authenticate, request)
+            except APIError as exc:
+                return error_response(exc.status, exc.detail)
+        return None
+
     @app.exception_handler(RequestValidationError)
-    async def invalid(_: Request, exc: RequestValidationError):
-        first = exc.errors()[0] if exc.errors() else {}
-        if first.get("type") == "json_invalid":
-            return error_response(400, _bad_json(first, exc.body))
-        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
-        message = "; ".join(
-            f"{'.'.join(str(p) for p in e.get('loc', ()) if p != 'body') or 'body'}: {e.get('msg')}"
-            for e in exc.errors()
-        )
-        return error_response(
-            400, ErrorDetail(message=message, type="invalid_request_error", param=where or None)
-        )
+    async def invalid(request: Request, exc: RequestValidationError):
+        if (unauthorized := await refused(request)) is not None:
+            return unauthorized
+        return error_response(400, _invalid(exc))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
         if exc.status_code in (404, 405) and exc.detail in ("Not Found", "Method Not Allowed"):
             return error_response(exc.status_code, _unknown_route(request, exc.status_code))
+        # a 400 here is FastAPI's or Starlette's, reading a body before the key check (bad UTF-8 JSON,
+        # a multipart body without its boundary): a client without a key learns nothing from it
+        if exc.status_code == 400 and (unauthorized := await refused(request)) is not None:
+            return unauthorized
+        if exc.status_code == 400 and exc.detail == UNREADABLE_BODY:
+            return error_response(400, _unreadable(request))
         return error_response(
             exc.status_code, ErrorDetail(message=str(exc.detail), type="invalid_request_error")
         )
@@ -70,6 +86,29 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(
             500, ErrorDetail(message=f"internal error: {type(exc).__name__}", type="server_error")
         )
+
+
+def _invalid(exc: RequestValidationError) -> ErrorDetail:
+    """FastAPI's validation errors as one message naming each field; `param` the first field."""
+    first = exc.errors()[0] if exc.errors() else {}
+    if first.get("type") == "json_invalid":
+        return _bad_json(first, exc.body)
+    where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+    message = "; ".join(
+        f"{'.'.join(str(p) for p in e.get('loc', ()) if p != 'body') or 'body'}: {e.get('msg')}"
+        for e in exc.errors()
+    )
+    return ErrorDetail(message=message, type="invalid_request_error", param=where or None)
+
+
+def _unreadable(request: Request) -> ErrorDetail:
+    content_type = request.headers.get("content-type", "(none)")
+    return ErrorDetail(
+        message="the request body cannot be read: it is not UTF-8 text (JSON) or not a well-formed "
+        f"form for Content-Type {content_type!r}",
+        type="invalid_request_error",
+        code="invalid_body",
+    )
 
 
 def _bad_json(error: dict, body) -> ErrorDetail:

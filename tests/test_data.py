@@ -123,3 +123,22 @@ def test_bad_sources_are_clear_errors(tmp_path, runner):
     bad_json.write_text('[{"input": "a",\n "output": }]')
     with pytest.raises(DataError, match=r"d.json:2: not valid JSON"):
         runner.load_data(bad_json)
+    latin1 = tmp_path / "d.csv"
+    latin1.write_bytes('input,output\nq,a\ncaf\u00e9,b\n'.encode("latin-1"))
+    with pytest.raises(DataError, match=r"d.csv:3: not UTF-8 text \(byte 0xe9\)"):
+        runner.load_data(latin1)
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(DataError, match=r"deep.json: not usable JSON \(nested too deeply\)"):
+        runner.load_data(deep)
+
+
+def test_a_jsonl_line_that_is_not_utf8_or_nested_too_deep_is_reported_with_the_others(tmp_path, runner):
+    path = tmp_path / "mixed.jsonl"
+    good = json.dumps({"input": "q", "output": "a"}).encode()
+    path.write_bytes(b"\n".join([good, b'{"input": "caf\xe9", "output": "a"}', b"[" * 100_000, good]) + b"\n")
+    report = runner.load_data_from_jsonlines(path)
+    assert report.kept == 2 and report.rejected == 2
+    text = report.summary()
+    assert f"{path}:2: not UTF-8 text (byte 0xe9 at column 15)" in text
+    assert f"{path}:3: not" in text  # a JSON error or the nesting: named, never a crash

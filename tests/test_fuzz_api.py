@@ -9,7 +9,10 @@ without a valid key every route but the open ones a 401; the server still answer
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -39,7 +42,13 @@ def fuzzed(tiny_chat_dir, tmp_path_factory):
         settings, store, extra_models=[str(tiny_chat_dir)], backend="transformers", job_workers=0
     )
     with RunningServer(service) as running:
-        yield {"url": running.url, "valid": valid, "revoked": revoked, "model": str(tiny_chat_dir)}
+        yield {
+            "url": running.url,
+            "valid": valid,
+            "revoked": revoked,
+            "model": str(tiny_chat_dir),
+            "home": str(home),
+        }
 
 
 KEYS = {"valid": None, "revoked": None, "unknown": "tl-not-a-key", "none": ""}
@@ -83,3 +92,73 @@ def test_the_server_still_answers_after_the_fuzzing(fuzzed):
     answer = httpx.post(fuzzed["url"] + "/v1/chat/completions", json=body, headers=headers, timeout=60)
     assert answer.status_code == 200 and answer.json()["choices"][0]["message"]["content"] is not None
     assert httpx.get(fuzzed["url"] + "/health").json()["status"] == "ok"
+
+
+# -- by hand: what a generator rarely writes ----------------------------------------------------------
+
+
+def post(fuzzed, route: str, **kwargs) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {fuzzed['valid']}", **kwargs.pop("headers", {})}
+    return httpx.post(fuzzed["url"] + route, headers=headers, timeout=300, **kwargs)
+
+
+def assert_refused(response: httpx.Response, status: int = 400, says: str = "") -> dict:
+    assert response.status_code == status, response.text[:300]
+    error = response.json()["error"]
+    assert error["message"] and says in error["message"], error
+    return error
+
+
+def test_hostile_bodies_are_4xx_that_say_what_is_wrong(fuzzed):
+    model, json_type = fuzzed["model"], {"content-type": "application/json"}
+    hello = {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    deep = json.dumps({"model": model})[:-1] + ', "messages": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    assert_refused(post(fuzzed, "/v1/chat/completions", content=deep, headers=json_type), says="nests")
+    nul = {**hello, "messages": [{"role": "user", "content": "hi\x00there\x00"}]}
+    assert post(fuzzed, "/v1/chat/completions", json=nul).status_code == 200
+    assert post(fuzzed, "/v1/chat/completions", json={**hello, "frobnicate": [1]}).status_code == 200
+    assert_refused(post(fuzzed, "/v1/chat/completions", content=b"\xc3\x28", headers=json_type), says="UTF-8")
+    plain = post(fuzzed, "/v1/chat/completions", json=hello, headers={"content-type": "text/plain"})
+    assert_refused(plain, says="application/json")
+    # NaN and infinities (Python's json reads them), huge and negative numbers: each a 400 naming its field
+    for field in ("temperature", "top_p", "presence_penalty", "frequency_penalty", "max_tokens", "n", "seed"):
+        for value in ("NaN", "Infinity", "-Infinity", "1e400", "-99999999999999999999999999", "1e308"):
+            body = json.dumps({k: v for k, v in hello.items() if k != field})[:-1] + f', "{field}": {value}}}'
+            answer = post(fuzzed, "/v1/chat/completions", content=body, headers=json_type)
+            assert assert_refused(answer)["param"] == field, (field, value)
+    # a prompt of 10^6 tokens: refused before any model work, naming the context
+    million = "a " * 1_000_000
+    completions = {"model": model, "prompt": million, "max_tokens": 1}
+    assert_refused(post(fuzzed, "/v1/completions", json=completions), says="maximum context length")
+    ids = {"model": model, "prompt": [[5] * 1_000_000], "max_tokens": 1}
+    assert_refused(post(fuzzed, "/v1/completions", json=ids), says="maximum context length")
+    assert_refused(post(fuzzed, "/v1/embeddings", json={"model": model, "input": million}), says="at most")
+
+
+def test_hostile_uploads_never_choose_a_path_and_bad_files_are_named(fuzzed):
+    line = json.dumps({"input": "q", "output": "a"}).encode() + b"\n"
+    purpose = {"purpose": "fine-tune"}
+    for name in ("../../escape.jsonl", "/etc/passwd", "..\\..\\win.jsonl", "a\x00b.jsonl"):
+        stored = post(fuzzed, "/v1/files", files={"file": (name, line)}, data=purpose)
+        assert stored.status_code == 200, stored.text
+        assert "/" not in stored.json()["filename"] and "\x00" not in stored.json()["filename"]
+    home = Path(fuzzed["home"])
+    assert not (home.parent / "escape.jsonl").exists() and not (home.parent.parent / "escape.jsonl").exists()
+    # stored under their ids, whatever the names: nothing named by the client is on disk
+    assert all(re.fullmatch(r"file-[0-9a-f]+\.jsonl", p.name) for p in (home / "files").iterdir())
+    assert_refused(post(fuzzed, "/v1/files", files={"file": ("", line)}, data=purpose))
+    assert_refused(post(fuzzed, "/v1/files", files={"file": ("e.jsonl", b"")}, data=purpose), says="empty")
+    latin1 = b'{"input": "caf\xe9", "output": "a"}\n'
+    bad = post(fuzzed, "/v1/files", files={"file": ("l.jsonl", line + latin1)}, data=purpose)
+    assert_refused(bad, says="l.jsonl:2: not UTF-8 text")
+    assert_refused(post(fuzzed, "/v1/files", files={"file": ("p.jsonl", line)}), says="purpose")
+    # a declared length of 1 GB is refused before the body is read
+    host, port = fuzzed["url"].removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(
+            b"POST /v1/files HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+            + fuzzed["valid"].encode()
+            + b"\r\nContent-Type: multipart/form-data; boundary=zz\r\n"
+            + b"Content-Length: 1073741824\r\n\r\n--zz\r\n"
+        )
+        assert sock.recv(64).startswith(b"HTTP/1.1 413")

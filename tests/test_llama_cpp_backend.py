@@ -126,6 +126,9 @@ def test_seeded_sampling_is_reproducible_and_independent_of_the_rest_of_the_batc
     assert backend.generate(PROMPTS, options) == first
     assert backend.generate(PROMPTS[:1], options)[0] == first[0]
     assert backend.generate(PROMPTS, GenerationOptions(max_new_tokens=12, temperature=1.0, seed=4)) != first
+    # a negative seed (OpenAI allows int64; numpy does not) wraps to 64 bits: it was a crash
+    negative = GenerationOptions(max_new_tokens=4, temperature=1.0, seed=-(2**63))
+    assert backend.generate(PROMPTS[:1], negative) == backend.generate(PROMPTS[:1], negative)
 
 
 def test_a_prompt_longer_than_the_context_is_an_error_and_the_others_are_answered(tiny_gguf):

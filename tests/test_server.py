@@ -243,6 +243,14 @@ def test_bad_requests_get_openai_error_bodies_and_the_server_keeps_serving(setup
     assert httpx.post(chat, content=b"\xff\xfe\x00", headers=garbage).status_code == 401
     unreadable = httpx.post(chat, content=b"\xff\xfe\x00", headers={**headers, **garbage})
     assert unreadable.status_code == 400 and "not UTF-8" in unreadable.json()["error"]["message"]
+    text = httpx.post(chat, content=b'{"model": "x"}', headers={**headers, "content-type": "text/plain"})
+    assert text.status_code == 400 and "Content-Type: application/json" in text.json()["error"]["message"]
+    hello = {"model": setup["chat"], "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    bias = httpx.post(chat, json={**hello, "logit_bias": {"1": 5}}, headers=headers)
+    assert bias.status_code == 400 and bias.json()["error"]["param"] == "logit_bias"
+    for seed, status in ((-(2**63), 200), (2**64 - 1, 200), (-(10**30), 400)):  # -10**30 was a 500
+        seeded = httpx.post(chat, json={**hello, "seed": seed, "temperature": 1}, headers=headers)
+        assert seeded.status_code == status, (seed, seeded.text)
     no_boundary = {"content-type": "multipart/form-data"}
     assert httpx.post(url + "/v1/files", content=b"x", headers=no_boundary).status_code == 401
     # a client that leaves in the middle of a stream

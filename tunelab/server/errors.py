@@ -64,7 +64,7 @@ def install_error_handlers(app: FastAPI, authenticate: Callable[[Request], objec
     async def invalid(request: Request, exc: RequestValidationError):
         if (unauthorized := await refused(request)) is not None:
             return unauthorized
-        return error_response(400, _invalid(exc))
+        return error_response(400, _invalid(exc, request.headers.get("content-type", "")))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
@@ -88,11 +88,18 @@ def install_error_handlers(app: FastAPI, authenticate: Callable[[Request], objec
         )
 
 
-def _invalid(exc: RequestValidationError) -> ErrorDetail:
+def _invalid(exc: RequestValidationError, content_type: str) -> ErrorDetail:
     """FastAPI's validation errors as one message naming each field; `param` the first field."""
     first = exc.errors()[0] if exc.errors() else {}
     if first.get("type") == "json_invalid":
         return _bad_json(first, exc.body)
+    if tuple(first.get("loc", ())) == ("body",) and "json" not in content_type.lower():
+        return ErrorDetail(
+            message=f"the body must be a JSON object sent with Content-Type: application/json "
+            f"(this request's Content-Type: {content_type or '(none)'!r})",
+            type="invalid_request_error",
+            code="invalid_content_type",
+        )
     where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
     message = "; ".join(
         f"{'.'.join(str(p) for p in e.get('loc', ()) if p != 'body') or 'body'}: {e.get('msg')}"
@@ -104,8 +111,8 @@ def _invalid(exc: RequestValidationError) -> ErrorDetail:
 def _unreadable(request: Request) -> ErrorDetail:
     content_type = request.headers.get("content-type", "(none)")
     return ErrorDetail(
-        message="the request body cannot be read: it is not UTF-8 text (JSON) or not a well-formed "
-        f"form for Content-Type {content_type!r}",
+        message="the request body cannot be read: it is not UTF-8 JSON text, nests deeper than the JSON "
+        f"parser allows (about 1000 levels), or is not a well-formed form for Content-Type {content_type!r}",
         type="invalid_request_error",
         code="invalid_body",
     )

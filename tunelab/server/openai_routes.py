@@ -158,7 +158,12 @@ def _plan(
 ) -> list[list[EngineRequest]]:
     refused = body.unsupported()
     if refused:
-        raise APIError(400, f"not supported by tunelab: {', '.join(refused)}", code="unsupported_parameter")
+        raise APIError(
+            400,
+            f"not supported by tunelab: {', '.join(refused)}",
+            param=refused[0],
+            code="unsupported_parameter",
+        )
     if not prompts or any(isinstance(p, str) and not p for p in prompts):
         raise APIError(400, "prompt must be a non-empty string or list of strings", param="prompt")
     options = {

@@ -26,7 +26,8 @@ class _Request(BaseModel):
     top_p: float = Field(1.0, ge=0, le=1, description="0 is greedy, as OpenAI takes it")
     n: int = Field(1, ge=1, le=16)
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-(2**63), le=2**64 - 1)
+    logit_bias: dict[str, float] | None = None  # refused unless empty (unsupported())
     stream: bool = False
     stream_options: dict[str, Any] | None = None
     presence_penalty: float = Field(
@@ -41,7 +42,7 @@ class _Request(BaseModel):
     user: str | None = None
 
     def unsupported(self) -> list[str]:
-        return []
+        return ["logit_bias"] if self.logit_bias else []
 
     @property
     def stops(self) -> tuple[str, ...]:

@@ -16,6 +16,7 @@ wrong; nothing is dropped silently: the report says how many were kept and why a
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 from collections.abc import Iterable, Iterator
@@ -189,22 +190,42 @@ def parse_record(
 
 
 def _jsonl_records(path: Path) -> Iterator[tuple[str, Any]]:
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
+    with open(path, "rb") as f:  # decoded line by line: a line that is not UTF-8 is reported, not fatal
+        for number, raw in enumerate(f, start=1):
+            where = f"{path}:{number}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                bad = f"byte 0x{raw[exc.start]:02x} at column {exc.start + 1}"
+                yield where, _Invalid(f"not UTF-8 text ({bad}); save the file as UTF-8")
+                continue
             if not line.strip():
                 continue
-            where = f"{path}:{number}"
             try:
                 yield where, json.loads(line)
             except json.JSONDecodeError as exc:
                 yield where, _Invalid(f"not valid JSON ({exc.msg} at column {exc.colno})")
+            except RecursionError:
+                yield where, _Invalid("not usable JSON (nested too deeply)")
+
+
+def _utf8_text(path: Path) -> str:
+    """The file's text; a file that is not UTF-8 raises DataError naming the line of the first bad byte."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise DataError(
+            f"{path}:{line}: not UTF-8 text (byte 0x{data[exc.start]:02x}); save the file as UTF-8",
+            DataReport(),
+        ) from None
 
 
 def _csv_records(path: Path) -> Iterator[tuple[str, Any]]:
-    with open(path, encoding="utf-8", newline="") as f:
-        reader = csv.DictReader(f)
-        for row in reader:
-            yield f"{path}:{reader.line_num}", {k: v for k, v in row.items() if k is not None}
+    reader = csv.DictReader(io.StringIO(_utf8_text(path), newline=""))
+    for row in reader:
+        yield f"{path}:{reader.line_num}", {k: v for k, v in row.items() if k is not None}
 
 
 @dataclass
@@ -226,9 +247,11 @@ def _file_records(path: Path, fmt: str) -> Iterable[tuple[str, Any]]:
     if kind == "jsonl":
         return _jsonl_records(path)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(_utf8_text(path))
     except json.JSONDecodeError as exc:
         raise DataError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})", DataReport()) from None
+    except RecursionError:
+        raise DataError(f"{path}: not usable JSON (nested too deeply)", DataReport()) from None
     items = data if isinstance(data, list) else [data]
     return ((f"{path} record {i}", r) for i, r in enumerate(items))
 

@@ -228,7 +228,7 @@ class LlamaCppBackend:
         if not prompts:
             return []
         outputs: list[BackendOutput | None] = [None] * len(prompts)
-        seeds = np.random.SeedSequence(options.seed).spawn(len(prompts))
+        seeds = np.random.SeedSequence(_unsigned(options.seed)).spawn(len(prompts))
         seqs = []
         for i, prompt in enumerate(prompts):
             tokens = list(prompt) if isinstance(prompt, list) else self.tokenize(prompt)
@@ -560,3 +560,8 @@ def _check_gguf_file(path: Path) -> None:
         magic = f.read(4)
     if magic != b"GGUF":
         raise ModelFileError(f"{path}: not a GGUF file (it does not start with the GGUF magic bytes)")
+
+
+def _unsigned(seed: int | None) -> int | None:
+    """A seed as numpy takes it (non-negative): a negative one (OpenAI allows int64) wraps to 64 bits."""
+    return None if seed is None else seed % 2**64

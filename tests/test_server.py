@@ -1,6 +1,8 @@
 """`tunelab serve` for real: uvicorn on a loopback port; the official `openai` SDK and raw HTTP as clients."""
 
 import json
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -404,3 +406,46 @@ def test_unknown_routes_and_malformed_json_say_what_is_wrong(setup):
     error = broken.json()["error"]
     assert broken.status_code == 400 and error["param"] is None and error["code"] == "invalid_json"
     assert "not valid JSON" in error["message"] and "line 2 column 15" in error["message"]
+
+
+def test_past_its_queue_limit_the_server_answers_429_with_retry_after(tunelab_home, tiny_chat_dir):
+    service = Service(
+        Settings(home=tunelab_home),
+        None,
+        extra_models=[str(tiny_chat_dir)],
+        backend="transformers",
+        no_auth=True,
+        max_pending=2,
+    )
+    engine_generate, release = service.engine.generate, threading.Event()
+
+    def held(*args, **kwargs):  # the engine is held until the test lets it go: the queue fills up
+        release.wait(60)
+        return engine_generate(*args, **kwargs)
+
+    service.engine.generate = held  # the engine is shared by the data home: put back at the end
+    try:
+        assert_a_full_queue_is_a_429(service, str(tiny_chat_dir), release)
+    finally:
+        del service.engine.generate
+        release.set()
+
+
+def assert_a_full_queue_is_a_429(service, model: str, release: threading.Event) -> None:
+    body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    with RunningServer(service) as running, ThreadPoolExecutor(2) as pool:
+        chat = running.url + "/v1/chat/completions"
+        waiting = [pool.submit(httpx.post, chat, json=body, timeout=60) for _ in range(2)]
+        deadline = time.time() + 30
+        while service.batcher.pending < 2 and time.time() < deadline:
+            time.sleep(0.02)
+        busy = httpx.post(chat, json=body, timeout=30)
+        streamed = httpx.post(chat, json={**body, "stream": True}, timeout=30)  # refused before it starts
+        release.set()
+        assert [w.result().status_code for w in waiting] == [200, 200]
+        for refused in (busy, streamed):
+            assert refused.status_code == 429, refused.text
+            assert int(refused.headers["retry-after"]) >= 1
+            assert "busy" in refused.json()["error"]["message"]
+        assert httpx.post(chat, json=body, timeout=30).status_code == 200  # answered again once drained
+        assert service.batcher.pending == 0

@@ -249,6 +249,12 @@ def serve(
         float, typer.Option(help="How long to gather requests into one batch.")
     ] = 20.0,
     max_batch: Annotated[int, typer.Option(help="Most prompts in one batch.")] = 32,
+    max_pending: Annotated[
+        int,
+        typer.Option(
+            min=0, help="Prompts waiting or running at most; past it a 429 with Retry-After (0: no limit)."
+        ),
+    ] = 256,
     job_workers: Annotated[
         int, typer.Option(min=0, help="Fine-tuning jobs trained at once (0: this server trains none).")
     ] = 1,
@@ -274,6 +280,7 @@ def serve(
             no_auth=no_auth,
             window_s=batch_window_ms / 1000,
             max_batch=max_batch,
+            max_pending=max_pending or None,
             job_workers=job_workers,
         )
     except TunelabError as exc:

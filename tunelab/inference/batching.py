@@ -43,8 +43,22 @@ class Request:
         return (self.template, self.system, self.options, self.tools)
 
 
+class Overloaded(Exception):
+    """More prompts are waiting than the batcher takes (`max_pending`): ask again later."""
+
+    def __init__(self, pending: int, limit: int, retry_after_s: int):
+        super().__init__(
+            f"the server is busy: {pending} prompts are waiting or running (its limit is {limit}); "
+            f"retry after {retry_after_s} s"
+        )
+        self.retry_after_s = retry_after_s
+
+
 class Batcher:
-    """Queues per model, a worker thread each; `submit` returns a Future of the Completion."""
+    """Queues per model, a worker thread each; `submit` returns a Future of the Completion.
+
+    `max_pending` bounds the prompts accepted and not yet answered (all models together): past it,
+    `admit` raises Overloaded instead of letting them queue without bound (the server's 429)."""
 
     def __init__(
         self,
@@ -54,17 +68,34 @@ class Batcher:
         device: str = "auto",
         window_s: float = 0.02,
         max_batch: int = 32,
+        max_pending: int | None = None,
     ):
         self.engine, self.backend, self.device = engine, backend, device
-        self.window_s, self.max_batch = window_s, max_batch
+        self.window_s, self.max_batch, self.max_pending = window_s, max_batch, max_pending
         self._queues: dict[str, queue.Queue] = {}
         self._lock = threading.Lock()
         self._closed = False
+        self.pending = 0  # prompts accepted and not yet answered
         self.batches: list[int] = []  # sizes of the batches run, for tests and benchmarks
+
+    def admit(self, count: int) -> None:
+        """Raise Overloaded when `count` more prompts would take those waiting past `max_pending` (a call
+        on an idle server is always admitted). Checked before a call's prompts are submitted, so a
+        streamed answer is refused before it starts; calls admitted together may pass the limit a little."""
+        limit, pending = self.max_pending, self.pending
+        if limit is not None and pending and pending + count > limit:
+            raise Overloaded(pending, limit, retry_after_s=max(1, round(pending / self.max_batch)))
+
+    def _answered(self, _: Future) -> None:
+        with self._lock:
+            self.pending -= 1
 
     def submit(self, request: Request) -> Future:
         if self._closed:
             raise RuntimeError("the batcher is closed")
+        with self._lock:
+            self.pending += 1
+        request.future.add_done_callback(self._answered)
         model = request.model
         key = f"{model.name}|{model.gguf_path or model.hf_path}|{model.adapter_path}"
         with self._lock:

@@ -18,9 +18,18 @@ log = logging.getLogger("tunelab")
 
 
 class APIError(Exception):
-    def __init__(self, status: int, message: str, type: str = "invalid_request_error", param=None, code=None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        type: str = "invalid_request_error",
+        param=None,
+        code=None,
+        headers: dict[str, str] | None = None,
+    ):
         super().__init__(message)
         self.status, self.detail = status, ErrorDetail(message=message, type=type, param=param, code=code)
+        self.headers = headers
 
 
 def model_not_found(model: str) -> APIError:
@@ -33,8 +42,8 @@ def model_not_found(model: str) -> APIError:
     )
 
 
-def error_response(status: int, detail: ErrorDetail) -> JSONResponse:
-    return JSONResponse(ErrorResponse(error=detail).model_dump(), status_code=status)
+def error_response(status: int, detail: ErrorDetail, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(ErrorResponse(error=detail).model_dump(), status_code=status, headers=headers)
 
 
 UNREADABLE_BODY = "There was an error parsing the body"  # FastAPI's detail for a body it cannot decode
@@ -49,7 +58,7 @@ def install_error_handlers(app: FastAPI, authenticate: Callable[[Request], objec
 
     @app.exception_handler(APIError)
     async def api_error(_: Request, exc: APIError):
-        return error_response(exc.status, exc.detail)
+        return error_response(exc.status, exc.detail, exc.headers)
 
     async def refused(request: Request) -> JSONResponse | None:
         """The 401 of a request without a valid key, or None."""

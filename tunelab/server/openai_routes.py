@@ -23,6 +23,7 @@ from tunelab.errors import (
     TunelabError,
     TypedOutputError,
 )
+from tunelab.inference.batching import Overloaded
 from tunelab.inference.batching import Request as EngineRequest
 from tunelab.inference.options import Completion
 from tunelab.inference.tools import TRIGGER, ToolSpec, split_answer
@@ -166,6 +167,11 @@ def _plan(
         )
     if not prompts or any(isinstance(p, str) and not p for p in prompts):
         raise APIError(400, "prompt must be a non-empty string or list of strings", param="prompt")
+    try:
+        service.batcher.admit(len(prompts) * body.n)
+    except Overloaded as exc:  # before any work, and before a stream starts
+        retry = {"Retry-After": str(exc.retry_after_s)}
+        raise APIError(429, str(exc), type="server_overloaded", code="server_busy", headers=retry) from None
     options = {
         "temperature": body.temperature,
         "top_p": body.top_p,

@@ -32,6 +32,7 @@ class Service:
     no_auth: bool = False
     window_s: float = 0.02
     max_batch: int = 32
+    max_pending: int | None = 256  # prompts waiting or running; past it a 429, Retry-After (None: no limit)
     job_workers: int = 1  # fine-tuning jobs run at once (0: none run in this server)
 
     def __post_init__(self) -> None:
@@ -44,6 +45,7 @@ class Service:
             device=self.device,
             window_s=self.window_s,
             max_batch=self.max_batch,
+            max_pending=self.max_pending,
         )
         self._resolved: dict[str, ResolvedModel] = {}
         self.worker = None

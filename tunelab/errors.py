@@ -72,6 +72,11 @@ class TrainingInterrupted(TunelabError):
     """A run stopped before its last step; its checkpoints remain for `resume=True`."""
 
 
+class WriteFailed(TunelabError, OSError):
+    """A file tunelab writes could not be written (a full disk, a size limit, no permission); what was
+    there before (the last checkpoint, the previous record) is kept. The message names the file."""
+
+
 class JobFailed(TunelabError):
     """A server-side fine-tuning job ended as failed or cancelled."""
 

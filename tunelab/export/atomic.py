@@ -12,6 +12,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from tunelab.errors import WriteFailed
+
 
 def _sibling(target: Path, tag: str) -> Path:
     # In the same directory as the target, so the final rename never crosses a file system.
@@ -29,13 +31,22 @@ def _remove(path: Path) -> None:
 def atomic_write(target: Path) -> Iterator[Path]:
     """Yield a temporary sibling of `target` to write (a file or a directory). When the block ends
     without an error the sibling takes `target`'s place (an old `target` is moved aside first and
-    deleted only afterwards); after an error, or a kill, `target` is as it was."""
+    deleted only afterwards); after an error, or a kill, `target` is as it was. A write the system
+    refuses (a full disk, a size limit) raises WriteFailed naming `target`."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = _sibling(target, "tmp")
     _remove(tmp)
     try:
-        yield tmp
+        try:
+            yield tmp
+        except Exception as exc:
+            # an OSError, or a library's own error around one (safetensors' Rust "(os error 28)")
+            if isinstance(exc, OSError) or "os error" in str(exc):
+                kept = "the previous one is kept" if target.exists() else "nothing was written"
+                reason = getattr(exc, "strerror", None) or str(exc)
+                raise WriteFailed(f"{target} could not be written ({reason}; a full disk?); {kept}") from exc
+            raise
         old = None
         if target.exists():
             old = _sibling(target, "old")

@@ -11,6 +11,7 @@ Copying the directory to another machine's registry moves the model (a LoRA need
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,7 +20,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from tunelab.config import Settings
+from tunelab.errors import ModelFileError
+from tunelab.export.atomic import atomic_write
 from tunelab.training.data import DataReport, Example, load_records
+
+log = logging.getLogger("tunelab")
 
 RECORD_FILE = "tunelab.json"
 
@@ -117,24 +122,44 @@ def entry(settings: Settings, model_id: str) -> Entry:
 
 
 def save_record(directory: Path, record: ModelRecord) -> None:
-    Entry(directory).record_file.write_text(record.model_dump_json(indent=2) + "\n", encoding="utf-8")
+    """Write the record whole or not at all: a crash or a full disk mid-write leaves the previous one."""
+    with atomic_write(Entry(directory).record_file) as partial:
+        partial.write_text(record.model_dump_json(indent=2) + "\n", encoding="utf-8")
 
 
 def load_record(directory: Path) -> ModelRecord | None:
-    """The record of a registry directory, or None when it has none (a plain HF model copied there)."""
+    """The record of a registry directory, or None when it has none (a plain HF model copied there).
+    A damaged record raises ModelFileError naming the file."""
     path = directory / RECORD_FILE
     if not path.exists():
         return None
-    return ModelRecord.model_validate(json.loads(path.read_text(encoding="utf-8")))
+    try:
+        return ModelRecord.model_validate(json.loads(path.read_text(encoding="utf-8")))
+    except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError and ValidationError are ValueErrors
+        reason = str(exc).splitlines()[0]
+        raise ModelFileError(
+            f"{path}: the registry entry {directory.name!r} is damaged ({reason}); "
+            "remove its folder or train it again"
+        ) from None
 
 
 def list_entries(settings: Settings) -> list[Entry]:
-    """Every model in the registry, by name: entries with a record, and plain HF models copied there."""
+    """Every usable model in the registry, by name: entries with a record, and plain HF models copied
+    there. A damaged entry (a record that cannot be read) is left out with a warning naming it."""
     root = registry_dir(settings)
     if not root.is_dir():
         return []
     entries = (Entry(path) for path in sorted(root.iterdir()) if path.is_dir())
-    return [e for e in entries if e.record_file.exists() or e.is_hf_model]
+    return [e for e in entries if (e.record_file.exists() or e.is_hf_model) and _readable(e)]
+
+
+def _readable(entry: Entry) -> bool:
+    try:
+        entry.record()
+    except ModelFileError as exc:
+        log.warning("%s", exc)
+        return False
+    return True
 
 
 def list_records(settings: Settings) -> list[ModelRecord]:

@@ -56,9 +56,10 @@ def dequantized_dir(gguf_path: Path, home: Path) -> Path:
     from rich.console import Console
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    console = Console(stderr=True)
-    status = console.status(f"[bold]dequantizing {gguf_path.name} to torch (once; cached in {target})")
-    with status, progress_bars_in_a_terminal_only():
+    # one line, not a live spinner: the converter's own tqdm bar draws below it (a rich Live display
+    # would take over stderr, and rich 14 then swallows the bar's carriage-return updates)
+    Console(stderr=True).print(f"[bold]dequantizing {gguf_path.name} to torch (once; cached in {target})")
+    with progress_bars_in_a_terminal_only():
         try:
             tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
             model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)

@@ -78,7 +78,7 @@ def test_every_route_fuzzed_answers_no_5xx_and_openai_errors(fuzzed, key, tmp_pa
         command += ["-H", f"Authorization: Bearer {secret}"]
     env = {**os.environ, "SCHEMATHESIS_HOOKS": "tests.fuzz.checks", "TUNELAB_FUZZ_KEY": key}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    run = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
+    run = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1200)
     summary = run.stdout[-6000:].replace(secret, "[key]") if secret else run.stdout[-6000:]
     print(summary)
     assert run.returncode == 0, summary

@@ -192,6 +192,22 @@ def test_auth_matrix_on_every_route(setup, method, path, body):
                 assert setup["private"] not in response.text
 
 
+def test_a_key_revoked_during_its_stream_finishes_that_stream_and_nothing_after(setup):
+    store = setup["service"].store
+    key, secret = store.create_key("dave")
+    headers = {"Authorization": f"Bearer {secret}"}
+    body = {"model": setup["chat"], "messages": [{"role": "user", "content": "hi"}], "max_tokens": 40}
+    chat = setup["url"] + "/v1/chat/completions"
+    with httpx.stream("POST", chat, json={**body, "stream": True}, headers=headers, timeout=60) as stream:
+        lines = stream.iter_lines()
+        assert next(line for line in lines if line.startswith("data:"))
+        store.revoke_key(key.id)  # as `tunelab keys revoke` does, from another process
+        rest = list(lines)
+    assert stream.status_code == 200 and "data: [DONE]" in rest  # valid when it started: it finishes
+    after = httpx.post(chat, json=body, headers=headers, timeout=60)
+    assert after.status_code == 401 and after.json()["error"]["code"] == "invalid_api_key"
+
+
 def test_health_needs_no_key(setup):
     assert httpx.get(setup["url"] + "/health").json()["status"] == "ok"
 

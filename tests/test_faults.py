@@ -11,15 +11,18 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.remote_server import RunningServer
+from tests.remote_server import RunningServer, _free_port
 from tunelab.config import Settings
 from tunelab.errors import ConfigError, ModelFileError
 from tunelab.models.registry import ModelRecord, list_entries, load_record, save_record
@@ -158,3 +161,66 @@ def test_a_truncated_gguf_and_a_database_that_is_not_one_are_refused_by_name(tmp
         ConfigError, match="cannot open the tunelab database .*tunelab.db: file is not a database"
     ):
         Store.open(Settings(home=tmp_path), f"sqlite:///{not_a_db}")
+
+
+# -- the server process: SIGTERM drains, kill -9 loses nothing stored ------------------------------------
+
+
+def start_serve(home: Path, port: int, model: str) -> subprocess.Popen:
+    env = {**os.environ, "TUNELAB_HOME": str(home), "TUNELAB_CONFIG": str(home / "config.yaml")}
+    command = [sys.executable, "-m", "tunelab.cli", "serve", "--port", str(port), "--model", model]
+    command += ["--backend", "transformers", "--job-workers", "0", "--drain-timeout", "60"]
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=ROOT)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        assert proc.poll() is None, proc.stdout.read().decode(errors="replace")[-2000:]
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                return proc
+        except httpx.TransportError:
+            time.sleep(0.3)
+    proc.kill()
+    raise AssertionError("tunelab serve did not start")
+
+
+def test_sigterm_lets_a_stream_finish_and_kill_9_loses_no_key_or_file(tiny_chat_dir, tmp_path):
+    home, port, model = tmp_path / "home", _free_port(), str(tiny_chat_dir)
+    store = Store.open(Settings(home=home), None)
+    key = store.create_key("me")[1]
+    store.close()
+    url, headers = f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {key}"}
+    chat = url + "/v1/chat/completions"
+    body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 200}
+    body |= {"stream": True, "stream_options": {"include_usage": True}}
+    line = json.dumps({"input": "q", "output": "a"}).encode() + b"\n"
+
+    server = start_serve(home, port, model)
+    uploaded = httpx.post(
+        url + "/v1/files", headers=headers, files={"file": ("d.jsonl", line)}, data={"purpose": "fine-tune"}
+    ).json()["id"]
+    with httpx.stream("POST", chat, json=body, headers=headers, timeout=120) as stream:
+        lines = stream.iter_lines()
+        assert next(x for x in lines if x.startswith("data:"))
+        server.send_signal(signal.SIGTERM)  # mid-stream
+        rest = list(lines)
+    assert "data: [DONE]" in rest  # the stream in flight finished
+    # then the server stopped: uvicorn re-raises the signal it caught once it has shut down
+    assert server.wait(timeout=60) in (0, -signal.SIGTERM)
+
+    server = start_serve(home, port, model)
+    try:
+        with httpx.stream("POST", chat, json=body, headers=headers, timeout=120) as s:
+            assert next(x for x in s.iter_lines() if x.startswith("data:"))
+            server.send_signal(signal.SIGKILL)  # mid-stream, no chance to clean up
+        assert server.wait(timeout=30) == -signal.SIGKILL
+    except httpx.HTTPError:
+        pass  # the connection died with the server: expected
+    server = start_serve(home, port, model)
+    try:
+        files = httpx.get(url + "/v1/files", headers=headers, timeout=30).json()["data"]
+        assert [f["id"] for f in files] == [uploaded]  # the key and the file survived both stops
+        again = {**body, "stream": False, "max_tokens": 3}
+        assert httpx.post(chat, json=again, headers=headers, timeout=60).status_code == 200
+    finally:
+        server.terminate()
+        server.wait(timeout=60)

@@ -258,6 +258,10 @@ def serve(
     job_workers: Annotated[
         int, typer.Option(min=0, help="Fine-tuning jobs trained at once (0: this server trains none).")
     ] = 1,
+    drain_timeout: Annotated[
+        float,
+        typer.Option(min=0, help="On SIGTERM / Ctrl-C, seconds to let requests in flight finish."),
+    ] = 30.0,
 ):
     """An OpenAI-compatible HTTP server with API keys: /v1/completions, /v1/chat/completions, /v1/models,
     fine-tuning (/v1/files, /v1/fine_tuning/jobs) and the browser playground at /."""
@@ -294,7 +298,15 @@ def serve(
         n_keys = sum(1 for k in store.list_keys() if k.active)
         err.print(f"API keys required ({n_keys} active); create one with `tunelab keys create --name NAME`.")
     err.print(f"serving OpenAI-compatible API at http://{host}:{port}/v1", highlight=False)
-    uvicorn.run(create_app(service), host=host, port=port, log_level="warning")
+    # SIGTERM: no new connections; requests in flight (streams too) finish within the drain timeout;
+    # then running fine-tuning jobs stop after their step and resume at the next start
+    uvicorn.run(
+        create_app(service),
+        host=host,
+        port=port,
+        log_level="warning",
+        timeout_graceful_shutdown=drain_timeout,
+    )
 
 
 @app.command()

@@ -13,6 +13,7 @@ import json
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from sse_starlette.sse import AppStatus
 
 from tunelab.server import jobs_routes, openai_routes, playground, responses_routes, tokens_routes
 from tunelab.server.auth import owner
@@ -33,6 +34,9 @@ def create_app(
         yield
         service.close()
 
+    # On SIGTERM sse-starlette would cut every stream at once; tunelab lets them finish within the
+    # server's drain timeout (`tunelab serve --drain-timeout`, uvicorn's graceful shutdown) instead.
+    AppStatus.disable_automatic_graceful_drain()
     app = FastAPI(title="tunelab", version="1", docs_url=None, redoc_url=None, lifespan=lifespan)
     app.state.service = service
     install_error_handlers(app, authenticate=owner)

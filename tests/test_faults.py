@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -208,17 +209,26 @@ def test_sigterm_lets_a_stream_finish_and_kill_9_loses_no_key_or_file(tiny_chat_
     assert server.wait(timeout=60) in (0, -signal.SIGTERM)
 
     server = start_serve(home, port, model)
+    half = socket.create_connection(("127.0.0.1", port))  # an upload whose body is half sent
+    half.sendall(
+        f"POST /v1/files HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n"
+        "Content-Type: multipart/form-data; boundary=zz\r\nContent-Length: 4000000\r\n\r\n"
+        '--zz\r\nContent-Disposition: form-data; name="file"; filename="big.jsonl"\r\n\r\n'.encode()
+        + line * 30_000
+    )
     try:
         with httpx.stream("POST", chat, json=body, headers=headers, timeout=120) as s:
             assert next(x for x in s.iter_lines() if x.startswith("data:"))
-            server.send_signal(signal.SIGKILL)  # mid-stream, no chance to clean up
-        assert server.wait(timeout=30) == -signal.SIGKILL
+            server.send_signal(signal.SIGKILL)  # mid-stream and mid-upload: no chance to clean up
     except httpx.HTTPError:
         pass  # the connection died with the server: expected
+    assert server.wait(timeout=30) == -signal.SIGKILL
+    half.close()
     server = start_serve(home, port, model)
     try:
         files = httpx.get(url + "/v1/files", headers=headers, timeout=30).json()["data"]
         assert [f["id"] for f in files] == [uploaded]  # the key and the file survived both stops
+        assert [p.name for p in (home / "files").iterdir()] == [f"{uploaded}.jsonl"]  # no half upload
         again = {**body, "stream": False, "max_tokens": 3}
         assert httpx.post(chat, json=again, headers=headers, timeout=60).status_code == 200
     finally:

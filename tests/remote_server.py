@@ -1,5 +1,6 @@
 """Real servers on loopback for tests: llama_cpp.server with the embedded SmolLM2, and tunelab's own app."""
 
+import os
 import socket
 import subprocess
 import sys
@@ -98,3 +99,23 @@ class RunningServer:
     def __exit__(self, *exc):
         self.server.should_exit = True
         self.thread.join(10)
+
+
+def start_tunelab_serve(home, port: int, model: str, *options: str, log=subprocess.DEVNULL):
+    """`tunelab serve` as its own process (transformers backend, `model` served, `options` added), for the
+    tests that signal or kill it; returns once /health answers."""
+    env = dict(os.environ, TUNELAB_HOME=str(home), TUNELAB_CONFIG=os.path.join(home, "config.yaml"))
+    env["HF_HUB_OFFLINE"] = "1"
+    command = [sys.executable, "-m", "tunelab.cli", "serve", "--port", str(port), "--model", model]
+    command += ["--backend", "transformers", *options]
+    proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        assert proc.poll() is None, "the server exited at start"
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    proc.kill()
+    raise AssertionError("the server did not start")

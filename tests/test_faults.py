@@ -11,19 +11,17 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import signal
 import socket
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.remote_server import RunningServer, _free_port
+from tests.remote_server import RunningServer, _free_port, start_tunelab_serve
 from tunelab.config import Settings
 from tunelab.errors import ConfigError, ModelFileError
 from tunelab.models.registry import ModelRecord, list_entries, load_record, save_record
@@ -168,20 +166,7 @@ def test_a_truncated_gguf_and_a_database_that_is_not_one_are_refused_by_name(tmp
 
 
 def start_serve(home: Path, port: int, model: str) -> subprocess.Popen:
-    env = {**os.environ, "TUNELAB_HOME": str(home), "TUNELAB_CONFIG": str(home / "config.yaml")}
-    command = [sys.executable, "-m", "tunelab.cli", "serve", "--port", str(port), "--model", model]
-    command += ["--backend", "transformers", "--job-workers", "0", "--drain-timeout", "60"]
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=ROOT)
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        assert proc.poll() is None, proc.stdout.read().decode(errors="replace")[-2000:]
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                return proc
-        except httpx.TransportError:
-            time.sleep(0.3)
-    proc.kill()
-    raise AssertionError("tunelab serve did not start")
+    return start_tunelab_serve(home, port, model, "--job-workers", "0", "--drain-timeout", "60")
 
 
 def test_sigterm_lets_a_stream_finish_and_kill_9_loses_no_key_or_file(tiny_chat_dir, tmp_path):

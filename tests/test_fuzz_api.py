@@ -126,6 +126,11 @@ def test_hostile_bodies_are_4xx_that_say_what_is_wrong(fuzzed):
             body = json.dumps({k: v for k, v in hello.items() if k != field})[:-1] + f', "{field}": {value}}}'
             answer = post(fuzzed, "/v1/chat/completions", content=body, headers=json_type)
             assert assert_refused(answer)["param"] == field, (field, value)
+    # a model name is never a path the server opens: only served models answer
+    for name in ("/etc/passwd", "../../../etc", str(Path(model).parent), "~/.ssh/id_rsa", "C:\\x", ""):
+        named = post(fuzzed, "/v1/chat/completions", json={**hello, "model": name})
+        assert named.status_code in (400, 404), (name, named.text)
+        assert_refused(named, named.status_code)
     # a prompt of 10^6 tokens: refused before any model work, naming the context
     million = "a " * 1_000_000
     completions = {"model": model, "prompt": million, "max_tokens": 1}

@@ -15,7 +15,7 @@ import httpx
 import openai
 import pytest
 
-from tests.remote_server import RunningServer
+from tests.remote_server import RunningServer, start_tunelab_serve
 from tunelab import BasicModelRunner, ConfigError
 from tunelab.config import Settings
 from tunelab.server.service import Service
@@ -348,24 +348,7 @@ def test_jobs_cli_lists_shows_follows_and_cancels(server, finished_job):
 
 
 def _serve(home, db, model, port, log):
-    import os
-    import subprocess
-    import sys
-
-    env = dict(os.environ, TUNELAB_HOME=str(home), HF_HUB_OFFLINE="1")
-    command = [sys.executable, "-m", "tunelab.cli", "serve", "--port", str(port), "--db-url", db]
-    command += ["--backend", "transformers", "--model", model]
-    proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        assert proc.poll() is None, "the server exited at start"
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    proc.kill()
-    raise AssertionError("the server did not start")
+    return start_tunelab_serve(home, port, model, "--db-url", db, log=log)
 
 
 def test_a_job_survives_a_server_killed_mid_training(tiny_chat_dir, tmp_path):

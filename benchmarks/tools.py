@@ -3,8 +3,10 @@
     python benchmarks/tools.py [--backend llama_cpp] [--prompts 8] [--new-tokens 48]
 
 Each request is answered alone (one prompt per engine call, greedy), as a client asking one question;
-tokens/s = answer tokens / wall time of the requests (prompt reading included). The four ways take
-turns request by request, so the ratios come from one run on the same machine state:
+tokens/s = answer tokens / wall time of the requests (prompt reading included), and decode tokens/s =
+the tokens after the first over the time after it (what a call costs per token, the tools' longer
+prompt left out). The four ways take turns request by request, so the ratios come from one run on the
+same machine state:
 
 - `no tools`: the question alone;
 - `free, tools' prompt`: the exact text a forced call reads (tools section + `<tool_call>` marker),
@@ -61,15 +63,24 @@ def timed(engine, model, backend: str, prompt, new_tokens: int, **kwargs) -> dic
     from tunelab.inference.options import GenerationOptions
 
     options = GenerationOptions(max_new_tokens=new_tokens)
+    first: list[float] = []
+
+    def on_text(_: int, text: str) -> None:
+        if not first:
+            first.append(time.perf_counter())  # the first answer token: the prompt has been read
+
     start = time.perf_counter()
-    (c,) = engine.generate(model, [prompt], options=options, backend=backend, **kwargs)
-    seconds = time.perf_counter() - start
+    (c,) = engine.generate(model, [prompt], options=options, backend=backend, on_text=on_text, **kwargs)
+    end = time.perf_counter()
     assert c.error is None, c.error
     return {
         "tokens": c.completion_tokens,
         "prompt": c.prompt_tokens,
-        "seconds": seconds,
+        "seconds": end - start,
         "calls": bool(c.tool_calls),
+        # decoding alone: the tokens after the first, over the time after it
+        "decoded": max(0, c.completion_tokens - 1),
+        "decode_s": end - first[0] if first else 0.0,
     }
 
 
@@ -114,7 +125,10 @@ def main() -> None:
     # the ways take turns, request by request, so a busy spell on the machine slows them alike
     waited, share = wait_idle(120)
     busy0, wall0 = busy_cpu_seconds(), time.perf_counter()
-    rows = {label: {"tokens": 0, "prompt": 0, "seconds": 0.0, "calls": 0} for label in ways}
+    rows = {
+        label: {"tokens": 0, "prompt": 0, "seconds": 0.0, "calls": 0, "decoded": 0, "decode_s": 0.0}
+        for label in ways
+    }
     for _ in range(args.repeats):
         for k in range(args.prompts):
             for label, way in ways.items():
@@ -127,14 +141,16 @@ def main() -> None:
     others = (busy_cpu_seconds() - busy0) / (own * cores()) if busy0 is not None else 0.0
     n = args.prompts * args.repeats
     table = Table(title=f"{n} requests per way, one at a time, greedy, up to {args.new_tokens} new tokens")
-    for col in ("request", "prompt tokens", "answer tokens", "seconds", "tok/s", "vs no tools", "calls"):
+    columns = ("request", "prompt tokens", "answer tokens", "seconds", "tok/s", "vs no tools", "calls")
+    for col in (*columns, "decode tok/s", "decode vs no tools"):
         table.add_column(col, justify="left" if col == "request" else "right")
     base = rows["no tools"]["tokens"] / rows["no tools"]["seconds"]
+    decode_base = rows["no tools"]["decoded"] / rows["no tools"]["decode_s"]
     for label, r in rows.items():
-        tps = r["tokens"] / r["seconds"]
+        tps, decode = r["tokens"] / r["seconds"], r["decoded"] / max(r["decode_s"], 1e-9)
         table.add_row(
             label, f"{r['prompt'] / n:.0f}", str(r["tokens"]), f"{r['seconds']:.1f}", f"{tps:.1f}",
-            f"{tps / base:.2f}x", f"{r['calls']}/{n}",
+            f"{tps / base:.2f}x", f"{r['calls']}/{n}", f"{decode:.1f}", f"{decode / decode_base:.2f}x",
         )  # fmt: skip
     console.print(table)
     console.print(
@@ -143,7 +159,9 @@ def main() -> None:
     free, call = rows["free, tools' prompt"], rows["call (required)"]
     console.print(
         f"constraint alone (call / free tok/s on the same text): "
-        f"{(call['tokens'] / call['seconds']) / (free['tokens'] / free['seconds']):.2f}x"
+        f"{(call['tokens'] / call['seconds']) / (free['tokens'] / free['seconds']):.2f}x; decoding alone "
+        f"(after the first token, prompt reading left out): "
+        f"{(call['decoded'] / call['decode_s']) / (free['decoded'] / free['decode_s']):.2f}x"
     )
 
 

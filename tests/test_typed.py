@@ -196,23 +196,33 @@ def test_response_format_on_the_server(tunelab_home, tiny_chat_dir, tmp_path):
         assert isinstance(json.loads(loose.choices[0].message.content), dict)
 
 
-def test_the_llama_cpp_one_candidate_check_agrees_with_the_full_mask(tiny_gguf):
-    """The greedy fast path asks the grammar about the top token only; it must say what the
-    whole-vocabulary mask says, for every token, at every point of an answer."""
+def test_both_backends_allow_the_same_tokens_at_every_point_of_an_answer(tiny_gguf, tiny_chat_dir):
+    """One llguidance grammar on both: over the GGUF's vocabulary (llama_cpp) and over the HF
+    tokenizer (transformers) the masks are the same, so constrained answers differ only by logits."""
+    import llguidance
+    import llguidance.numpy
     import numpy as np
+    from transformers import AutoTokenizer
 
-    from tunelab.inference.backends.json_constraint import LlamaGrammar, gbnf_for
+    from tunelab.inference.backends.json_constraint import LlgGrammar, llg_grammar, llg_tokenizer
     from tunelab.inference.backends.llama_cpp_backend import LlamaCppBackend
 
+    grammar_text = llg_grammar(json.dumps(SMALL))
+    hf = AutoTokenizer.from_pretrained(tiny_chat_dir)
     with LlamaCppBackend(tiny_gguf) as backend:
-        grammar = LlamaGrammar(backend._vocab, gbnf_for(json.dumps(SMALL)), backend.n_vocab)
-        logits = np.random.default_rng(0).normal(size=backend.n_vocab).astype(np.float32)
+        n = backend.n_vocab
+        on_llama = LlgGrammar(backend._llg_tokenizer(), grammar_text, n)
+        on_hf = llguidance.LLMatcher(llg_tokenizer(hf, n, [hf.eos_token_id]), grammar_text)
+        bitmask = llguidance.numpy.allocate_token_bitmask(1, n)
         for token in backend.tokenize('{"ok": true, "colour": "red"}', add_bos=False):
-            allowed = np.isfinite(grammar.mask(logits))
-            assert allowed.any() and allowed[token]
-            assert [grammar.allows(t, float(logits[t])) for t in range(backend.n_vocab)] == allowed.tolist()
-            grammar.accept(token)
-        grammar.close()
+            llama_allowed = np.isfinite(on_llama.mask(np.zeros(n, dtype=np.float32)))
+            hf_logits = np.zeros((1, n), dtype=np.float32)
+            llguidance.numpy.fill_next_token_bitmask(on_hf, bitmask, 0)
+            llguidance.numpy.apply_token_bitmask_inplace(hf_logits, bitmask)
+            assert llama_allowed.any() and llama_allowed[token]
+            assert (llama_allowed == np.isfinite(hf_logits[0])).all()
+            on_llama.accept(token)
+            on_hf.consume_token(token)
 
 
 def test_a_model_tuned_on_typed_outputs_answers_in_that_schema(tiny_chat_dir):
@@ -247,20 +257,19 @@ def test_ask_prints_one_object_per_prompt(tiny_chat_dir, tmp_path):
 
 
 def test_llama_cpp_strings_take_no_raw_control_characters(tiny_gguf):
-    # llama-cpp-python's converter lets a raw newline into a JSON string; json.loads refuses that
+    # a raw newline in a JSON string is refused by json.loads (llama-cpp-python's GBNF let one in)
     import numpy as np
 
-    from tunelab.inference.backends.json_constraint import LlamaGrammar, gbnf_for
+    from tunelab.inference.backends.json_constraint import LlgGrammar, llg_grammar
     from tunelab.inference.backends.llama_cpp_backend import LlamaCppBackend
 
     with LlamaCppBackend(tiny_gguf) as backend:
-        grammar = LlamaGrammar(
-            backend._vocab, gbnf_for(json.dumps(output_spec({"a": "str"}).schema)), backend.n_vocab
-        )
+        schema = llg_grammar(json.dumps(output_spec({"a": "str"}).schema))
+        grammar = LlgGrammar(backend._llg_tokenizer(), schema, backend.n_vocab)
         for token in backend.tokenize('{"a": "x', add_bos=False):
             grammar.accept(token)
         newline, letter = (backend.tokenize(t, add_bos=False) for t in ("\n", "y"))
-        assert len(newline) == 1 and not grammar.allows(newline[0], 0.0)
-        assert grammar.allows(letter[0], 0.0)
-        assert np.isfinite(grammar.mask(np.zeros(backend.n_vocab, dtype=np.float32))).sum() > 10
+        allowed = np.isfinite(grammar.mask(np.zeros(backend.n_vocab, dtype=np.float32)))
+        assert len(newline) == 1 and not allowed[newline[0]]
+        assert allowed[letter[0]] and allowed.sum() > 10
         grammar.close()

@@ -91,11 +91,10 @@ class ToolSpec:
         choice = _choice(tool_choice, names)
         spec = cls(parsed, choice, parallel_tool_calls is not False)
         if spec.calls:
-            from tunelab.inference.backends.json_constraint import gbnf_for, llg_grammar
+            from tunelab.inference.backends.json_constraint import llg_grammar
 
-            try:  # both backends' compilers, now: a schema that cannot work is a 400, not a failed answer
+            try:  # both backends' compiler, now: a schema that cannot work is a 400, not a failed answer
                 llg_grammar(spec.schema_json)
-                gbnf_for(spec.schema_json)
             except TypedOutputError as exc:
                 raise ToolCallError(
                     f"the tools' parameters cannot constrain decoding: {exc}", "tools"

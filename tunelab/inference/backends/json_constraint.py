@@ -3,21 +3,21 @@
 - transformers: llguidance (a token mask per step from an Earley parser over the tokenizer's vocabulary;
   chosen over xgrammar, outlines-core and lm-format-enforcer, see benchmarks/RESULTS.md), as a
   `LogitsProcessor` with one matcher per row of the batch.
-- llama_cpp: llama.cpp's own grammar sampler on the GBNF that llama-cpp-python converts the schema to.
+- llama_cpp: the same llguidance grammar over llama.cpp's vocabulary (it replaced llama.cpp's own GBNF
+  grammar sampler, whose whole-vocabulary mask cost a tool call 30% of its tokens/s).
 
 Both refuse a schema they cannot compile with a TypedOutputError naming the reason.
 """
 
 from __future__ import annotations
 
-import ctypes
-import json
+import warnings
 
 import numpy as np
 
 from tunelab.errors import TypedOutputError
 
-# -- llguidance (transformers) ----------------------------------------------------------------------
+# -- llguidance (both backends) ----------------------------------------------------------------------
 
 
 def llg_grammar(schema_json: str) -> str:
@@ -93,130 +93,48 @@ def llg_tokenizer(hf_tokenizer, vocab_size: int, eos_ids: list[int]):
     return _TOKENIZERS[key]
 
 
-# -- llama.cpp's grammar (llama_cpp) -------------------------------------------------------------------
+# -- llguidance on llama.cpp's vocabulary (llama_cpp) ------------------------------------------------
 
 
-def gbnf_for(schema_json: str) -> str:
-    from llama_cpp.llama_grammar import json_schema_to_gbnf
+def llg_llama_tokenizer(vocab, n_vocab: int):
+    """The llguidance view of a llama.cpp vocabulary (about a second to build: cache it per model);
+    every end-of-generation token (EOS, EOT, ChatML's <|im_end|>) may end a finished answer."""
+    import llama_cpp
+    import llguidance.llamacpp
 
-    schema = json.loads(schema_json)
-    ref = schema.get("$ref") if isinstance(schema, dict) else None
-    if isinstance(ref, str) and ref.startswith("#/$defs/") and "properties" not in schema:
-        # the converter resolves $refs below the root only: start from the referenced definition
-        defs = schema.get("$defs", {})
-        target = defs.get(ref.removeprefix("#/$defs/"))
-        if isinstance(target, dict):
-            schema = {**target, "$defs": defs}
-    order = _property_order(schema)  # the schema's order, not a-z (the converter's default)
-    try:
-        gbnf = json_schema_to_gbnf(json.dumps(_bounded_integers(schema)), prop_order=order)
-    except Exception as exc:  # the converter raises plain exceptions (ValueError, KeyError, ...)
-        raise TypedOutputError(
-            f"llama.cpp cannot turn this JSON schema into a grammar: {type(exc).__name__}: {exc}"
-        ) from None
-    # llama-cpp-python's string character rule lets raw control characters (a newline) into a JSON
-    # string, which no JSON parser takes; llama.cpp's own converter excludes them, as here. The rule
-    # names the code points a JSON string may hold rather than those it may not: llama.cpp's grammar
-    # decodes UTF-8 without checking, so bytes such as F6 99 82 82 passed as one "character" (beyond
-    # U+10FFFF) and became four U+FFFD in the text, over a string's maxLength.
-    return gbnf.replace(_LOOSE_CHAR, _JSON_CHAR)
+    ends = [t for t in range(n_vocab) if llama_cpp.llama_vocab_is_eog(vocab, t)]
+    with warnings.catch_warnings():  # it reads each token with a call llama-cpp-python marks deprecated
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return llguidance.llamacpp.lltokenizer_from_vocab(vocab, n_vocab=n_vocab, eos_token=ends or None)
 
 
-def _property_order(schema) -> list[str]:
-    """Every property name in the order the schema first lists it, nested objects included (a tool
-    call's `name` before its `arguments`, and each tool's arguments in their schema's order)."""
-    order: dict[str, None] = {}
+class LlgGrammar:
+    """One sequence's JSON constraint on llama_cpp: mask its logits, then accept the chosen token. The
+    same llguidance grammar as on transformers (`llg_grammar`), so both backends allow the same JSON."""
 
-    def walk(node) -> None:
-        if isinstance(node, dict):
-            if isinstance(node.get("properties"), dict):
-                order.update(dict.fromkeys(node["properties"]))
-            for value in node.values():
-                walk(value)
-        elif isinstance(node, list):
-            for value in node:
-                walk(value)
+    def __init__(self, tokenizer, grammar: str, n_vocab: int):
+        import llguidance
+        import llguidance.numpy
 
-    walk(schema)
-    return list(order)
-
-
-_LOOSE_CHAR = 'char ::= [^"\\\\] |'
-_JSON_CHAR = r"char ::= [\x20-\x21\x23-\x5B\x5D-\x7E\u0080-\uD7FF\uE000-\U0010FFFF] |"
-MAX_ENUMERATED = 256
-
-
-def _bounded_integers(node):
-    """llama-cpp-python's converter ignores integer bounds (it let `1000000000000000` through for a
-    0..10 field): a small bounded range becomes the enum of its values, which it does enforce."""
-    if isinstance(node, list):
-        return [_bounded_integers(item) for item in node]
-    if not isinstance(node, dict):
-        return node
-    node = {key: _bounded_integers(value) for key, value in node.items()}
-    low, high = node.get("minimum"), node.get("maximum")
-    if node.get("type") == "integer" and isinstance(low, int) and isinstance(high, int):
-        low += bool(node.get("exclusiveMinimum") is True)
-        high -= bool(node.get("exclusiveMaximum") is True)
-        if 0 <= high - low < MAX_ENUMERATED:
-            rest = {k: v for k, v in node.items() if k not in ("type", "minimum", "maximum")}
-            return {**rest, "enum": list(range(low, high + 1))}
-    return node
-
-
-_TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)], align=True)
-
-
-class LlamaGrammar:
-    """One sequence's llama.cpp grammar sampler: mask its logits, then accept the chosen token."""
-
-    def __init__(self, vocab, gbnf: str, n_vocab: int):
-        import llama_cpp
-
-        self._llama = llama_cpp
-        self.sampler = llama_cpp.llama_sampler_init_grammar(vocab, gbnf.encode(), b"root")
-        if not self.sampler:
-            raise TypedOutputError("llama.cpp refused the grammar made from the JSON schema")
-        self.data = np.zeros(n_vocab, dtype=_TOKEN_DATA)
-        self.data["id"] = np.arange(n_vocab, dtype=np.int32)
-        self.array = llama_cpp.llama_token_data_array(
-            data=self.data.ctypes.data_as(ctypes.POINTER(llama_cpp.llama_token_data)),
-            size=n_vocab,
-            selected=-1,
-            sorted=False,
-        )
+        self._llg = llguidance.numpy
+        self.matcher = llguidance.LLMatcher(tokenizer, grammar, log_level=0)
+        if self.matcher.is_error():
+            raise TypedOutputError(f"the JSON schema cannot be used: {self.matcher.get_error()}")
+        self.bitmask = llguidance.numpy.allocate_token_bitmask(1, n_vocab)
 
     def mask(self, logits: np.ndarray) -> np.ndarray:
-        """`logits` with every token the grammar does not allow next at -inf."""
-        self.data["id"] = np.arange(len(self.data), dtype=np.int32)
-        self.data["logit"] = logits
-        self.array.size, self.array.selected, self.array.sorted = len(self.data), -1, False
-        self._llama.llama_sampler_apply(self.sampler, ctypes.byref(self.array))
-        masked = np.empty_like(logits)
-        masked[self.data["id"]] = self.data["logit"]  # by id, whatever order the sampler left
-        return masked
-
-    def allows(self, token: int, logit: float) -> bool:
-        """Whether the grammar takes `token` next: one candidate checked, not the whole vocabulary
-        (llama.cpp's own samplers try the unconstrained choice first the same way)."""
-        one = np.zeros(1, dtype=_TOKEN_DATA)
-        one["id"], one["logit"] = token, logit
-        single = self._llama.llama_token_data_array(
-            data=one.ctypes.data_as(ctypes.POINTER(self._llama.llama_token_data)),
-            size=1,
-            selected=-1,
-            sorted=False,
-        )
-        self._llama.llama_sampler_apply(self.sampler, ctypes.byref(single))
-        return bool(np.isfinite(one["logit"][0]))
+        """`logits` with every token the grammar does not allow next at -inf (all of them once the
+        grammar has failed: the caller ends that answer with an error)."""
+        masked = np.array(logits, dtype=np.float32, copy=True)[None, :]
+        if self.matcher.is_error():
+            masked[:] = -np.inf
+            return masked[0]
+        self._llg.fill_next_token_bitmask(self.matcher, self.bitmask, 0)
+        self._llg.apply_token_bitmask_inplace(masked, self.bitmask)
+        return masked[0]
 
     def accept(self, token: int) -> None:
-        self._llama.llama_sampler_accept(self.sampler, token)
+        self.matcher.consume_token(token)
 
     def close(self) -> None:
-        if self.sampler:
-            self._llama.llama_sampler_free(self.sampler)
-            self.sampler = None
-
-    def __del__(self) -> None:
-        self.close()
+        """Nothing to free by hand (llguidance's matcher goes with its last reference)."""

@@ -21,7 +21,7 @@ import numpy as np
 
 from tunelab.errors import ModelFileError
 from tunelab.inference.backends.base import OnText
-from tunelab.inference.backends.json_constraint import LlamaGrammar, gbnf_for
+from tunelab.inference.backends.json_constraint import LlgGrammar, llg_grammar, llg_llama_tokenizer
 from tunelab.inference.embeddings import Embedding, check_input, unit
 from tunelab.inference.logprobs import TokenLogprob, first_token, logprob_rows
 from tunelab.inference.options import BackendOutput, FinishReason, GenerationOptions, cut_at_stop
@@ -98,7 +98,7 @@ class _Seq:
     text: str = ""
     slot: int = -1  # llama.cpp sequence id while running
     n_fed: int = 0  # tokens already in the KV cache
-    grammar: LlamaGrammar | None = None  # typed output: what this sequence may write next
+    grammar: LlgGrammar | None = None  # typed output: what this sequence may write next
     logprobs: list[TokenLogprob] | None = None  # the answer's tokens, when asked for
     prompt_logprobs: list[TokenLogprob] | None = None  # the prompt's tokens, when asked for
 
@@ -158,6 +158,7 @@ class LlamaCppBackend:
         self.bos_token = self._token_text(llama_cpp.llama_vocab_bos(self._vocab))
         self.eos_token = self._token_text(llama_cpp.llama_vocab_eos(self._vocab))
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(self._vocab)
+        self._llg = None  # llguidance's tokenizer, for typed output and tool calls (_llg_tokenizer)
 
         n_layer = llama_cpp.llama_model_n_layer(model)
         n_head = max(1, llama_cpp.llama_model_n_head(model))
@@ -275,7 +276,7 @@ class LlamaCppBackend:
         memory = llama_cpp.llama_get_memory(ctx)
         llama_cpp.llama_memory_clear(memory, True)
         stop_ids = self._stop_token_ids(options.stop)
-        gbnf = gbnf_for(options.json_schema) if options.json_schema is not None else None
+        grammar = llg_grammar(options.json_schema) if options.json_schema is not None else None
 
         pending = deque(seqs)
         free_slots = list(range(n_slots))  # a heap: fill the lowest slot first
@@ -284,8 +285,8 @@ class LlamaCppBackend:
             while pending and free_slots:
                 s = pending.popleft()
                 s.slot = heapq.heappop(free_slots)
-                if gbnf is not None:
-                    s.grammar = LlamaGrammar(self._vocab, gbnf, self.n_vocab)
+                if grammar is not None:
+                    s.grammar = LlgGrammar(self._llg_tokenizer(), grammar, self.n_vocab)
                 running.append(s)
             running.sort(key=lambda s: s.slot)
             logits, error = self._decode(ctx, running, options.prompt_logprobs)
@@ -295,7 +296,7 @@ class LlamaCppBackend:
                 reasons = ["length"] * len(running)
             else:
                 raw = logits.copy() if options.logprobs is not None else None  # before any mask
-                dead_ends = self._constrain(running, logits, options)
+                dead_ends = self._constrain(running, logits)
                 chosen = sample_batch(
                     logits,
                     [s.tokens for s in running],
@@ -325,19 +326,22 @@ class LlamaCppBackend:
             if not pending:
                 _compact(memory, running, free_slots)
 
+    def _llg_tokenizer(self):
+        """llguidance's view of this model's vocabulary, built once (about a second) on the first typed
+        answer or tool call."""
+        if self._llg is None:
+            self._llg = llg_llama_tokenizer(self._vocab, self.n_vocab)
+        return self._llg
+
     @staticmethod
-    def _constrain(running: list[_Seq], logits: np.ndarray, options: GenerationOptions) -> set[int]:
+    def _constrain(running: list[_Seq], logits: np.ndarray) -> set[int]:
         """Mask each constrained row to what its grammar allows; the rows where nothing is allowed.
-        Greedy without a penalty picks the top logit: when the grammar allows that one, it is the
-        constrained choice too, and the whole-vocabulary mask (most of the cost) is skipped."""
-        plain_greedy = options.greedy and not options.penalized
+        (llguidance's whole-vocabulary mask costs well under a millisecond here; a check of the top
+        token alone, as llama.cpp's grammar sampler needed, would also let in tokenizations the mask
+        leaves out, and the answers would differ from transformers'.)"""
         dead = set()
         for k, s in enumerate(running):
             if s.grammar is not None:
-                if plain_greedy:
-                    top = int(np.argmax(logits[k]))
-                    if s.grammar.allows(top, float(logits[k, top])):
-                        continue
                 logits[k] = s.grammar.mask(logits[k])
                 if not np.isfinite(logits[k]).any():
                     dead.add(k)

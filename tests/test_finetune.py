@@ -396,3 +396,29 @@ def test_progress_in_a_log_is_a_line_every_tenth_of_the_run(tiny_chat_dir, tunel
     assert 5 <= len(lines) <= 10, lines
     assert lines[-1].startswith(f"tuning {result.model_id}: step {result.steps}/{result.steps}, loss ")
     assert all("\r" not in line and "tok/s" in line for line in lines)
+
+
+def test_a_run_stopped_on_request_keeps_the_step_it_stopped_at(tiny_chat_dir, tmp_path):
+    # a cancelled job or a server going down: the step it stopped after is checkpointed, whatever
+    # checkpoint_every says, so a resume loses nothing
+    from tunelab.config import Settings
+    from tunelab.errors import TrainingInterrupted
+    from tunelab.models.resolve import resolve
+    from tunelab.training.recipe import run_dir, train
+
+    settings = Settings(home=tmp_path)
+    records = [{"input": f"Question {i}?", "output": f"Answer {i}."} for i in range(8)]
+    config = make_config(
+        epochs=4, batch_size=2, checkpoint_every=100, eval_fraction=0, augment="none", replay_fraction=0
+    )
+    with pytest.raises(TrainingInterrupted, match="stopped at step 3"):
+        train(
+            resolve(str(tiny_chat_dir), settings),
+            load_records(records).examples,
+            settings,
+            config,
+            progress=False,
+            model_id="stopped",
+            on_step=lambda record: record["step"] < 3,
+        )
+    assert latest_checkpoint(run_dir(settings, "stopped")).name == "step-3"

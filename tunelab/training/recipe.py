@@ -651,6 +651,11 @@ def eval_loss(run: Run, micro_batch_size: int) -> float | None:
     return total / max(count, 1)
 
 
+def _checkpoint(run: Run, accelerator, model) -> None:
+    unwrapped = accelerator.unwrap_model(model)
+    save_checkpoint(run.path, run.step, unwrapped, run.optimizer, run.scheduler, run.metrics)
+
+
 def train_loop(
     run: Run,
     config: TrainConfig,
@@ -702,8 +707,7 @@ def train_loop(
         bar.update(1, loss=train_loss, tps=record["tokens_per_s"])
         saved = run.main and (step % config.checkpoint_every == 0 or step == run.total_steps)
         if saved:
-            unwrapped = accelerator.unwrap_model(model)
-            save_checkpoint(run.path, step, unwrapped, run.optimizer, run.scheduler, run.metrics)
+            _checkpoint(run, accelerator, model)
         accelerator.wait_for_everyone()
         if on_step is not None and run.main:
             update = (
@@ -711,6 +715,8 @@ def train_loop(
             )
             if on_step(update) is False and step < run.total_steps:
                 bar.close()
+                if not saved:  # a stop (cancel, server shutdown) keeps this step: a resume loses nothing
+                    _checkpoint(run, accelerator, model)
                 raise TrainingInterrupted(f"stopped at step {step} of {run.total_steps} on request")
         sliced = stop_after_steps is not None and step - (run.resumed_from or 0) >= stop_after_steps
         if sliced and step < run.total_steps:

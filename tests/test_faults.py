@@ -110,6 +110,29 @@ def test_a_full_disk_while_writing_a_checkpoint_keeps_the_last_good_one(tmp_path
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-10"]
 
 
+def test_a_full_disk_while_exporting_a_gguf_leaves_no_file_and_the_previous_export(tmp_path, tiny_chat_dir):
+    out = tmp_path / "model.gguf"
+    out.write_bytes(b"the previous export")
+    child = run_with_a_full_disk(
+        f"""
+        from pathlib import Path
+        from tunelab.errors import WriteFailed
+        from tunelab.export.gguf import export_gguf
+        try:
+            export_gguf(Path({str(tiny_chat_dir)!r}), Path({str(out)!r}), overwrite=True)
+        except WriteFailed as exc:
+            print("refused:", exc)
+        """,
+        limit_bytes=32 * 1024,  # the tiny model's GGUF is larger than this
+    )
+    out_text = child.stdout + child.stderr
+    assert f"refused: {out} could not be written (" in out_text and "the previous one is kept" in out_text, (
+        out_text
+    )
+    assert out.read_bytes() == b"the previous export"
+    assert [p.name for p in tmp_path.iterdir()] == ["model.gguf"]  # no partial file beside it
+
+
 def damaged_registry(home: Path) -> dict[str, Path]:
     """A registry with one good entry and three damaged ones, as a crash or a bad copy leaves them."""
     registry = home / "registry"

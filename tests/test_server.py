@@ -465,3 +465,34 @@ def assert_a_full_queue_is_a_429(service, model: str, release: threading.Event) 
             assert "busy" in refused.json()["error"]["message"]
         assert httpx.post(chat, json=body, timeout=30).status_code == 200  # answered again once drained
         assert service.batcher.pending == 0
+
+
+def test_a_non_streamed_answer_whose_client_left_stops_early(tunelab_home, tiny_gguf):
+    # llama.cpp stops a sequence nobody waits for; the engine is held until the client has gone,
+    # so the answer starts only after it left (a client's own timeout, as the openai SDK's)
+    service = Service(Settings(home=tunelab_home), None, extra_models=[str(tiny_gguf)], backend="llama_cpp")
+    service.no_auth = True
+    engine_generate, release, answers = service.engine.generate, threading.Event(), []
+
+    def held(*args, **kwargs):
+        release.wait(60)
+        answers.extend(engine_generate(*args, **kwargs))
+        return answers[-len(args[1]) :]
+
+    service.engine.generate = held
+    try:
+        with RunningServer(service) as running:
+            body = {"model": str(tiny_gguf), "prompt": "Once upon a time", "max_tokens": 200}
+            with pytest.raises(httpx.ReadTimeout):
+                httpx.post(running.url + "/v1/completions", json=body, timeout=0.5)
+            time.sleep(1.0)  # the server notices the closed connection (it looks every 0.25 s)
+            release.set()
+            deadline = time.time() + 30
+            while service.batcher.pending and time.time() < deadline:
+                time.sleep(0.05)
+            assert answers and answers[0].completion_tokens <= 1, answers
+            served = httpx.post(running.url + "/v1/completions", json={**body, "max_tokens": 20}, timeout=30)
+            assert served.status_code == 200 and served.json()["usage"]["completion_tokens"] == 20
+    finally:
+        del service.engine.generate
+        release.set()

@@ -37,6 +37,7 @@ class Request:
     on_text: Callable[[str], bool | None] | None = None
     future: Future = field(default_factory=Future)
     tools: ToolSpec | None = None  # tool calling (tunelab.inference.tools)
+    abandoned: Callable[[], bool] | None = None  # True once nobody waits for the answer: it stops early
 
     @property
     def group(self) -> tuple:
@@ -146,6 +147,8 @@ class Batcher:
         first = live[0]
 
         def relay(i: int, text: str) -> bool | None:
+            if live[i].abandoned is not None and live[i].abandoned():
+                return False  # its client left: the backend may stop this sequence
             return live[i].on_text(text) if live[i].on_text else None
 
         self.batches.append(len(live))
@@ -158,7 +161,7 @@ class Batcher:
                 system=first.system,
                 backend=self.backend,
                 device=self.device,
-                on_text=relay if any(r.on_text for r in live) else None,
+                on_text=relay if any(r.on_text or r.abandoned for r in live) else None,
                 tools=first.tools,
             )
         except Exception as exc:  # the whole batch failed (model would not load, service down, ...)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import threading
 
 from fastapi import APIRouter, Request
 from sse_starlette.sse import EventSourceResponse
@@ -99,7 +100,7 @@ async def completions(request: Request, body: CompletionRequest, who: Owner):
     planned = _plan(service, who, body, body.prompts, template="raw")
     if body.stream:
         return EventSourceResponse(_stream_completions(service, body, planned), sep="\n")
-    results = await _results(service, planned)
+    results = await _results(service, planned, request)
     choices = [_completion_choice(body, i, c) for i, c in enumerate(c for group in results for c in group)]
     return CompletionResponse(model=body.model, choices=choices, usage=_usage(results))
 
@@ -121,7 +122,7 @@ async def chat(request: Request, body: ChatCompletionRequest, who: Owner):
     if body.stream:
         stream = _stream_tool_chat if tools is not None and tools.calls else _stream_chat
         return EventSourceResponse(stream(service, body, planned), sep="\n")
-    results = await _results(service, planned)
+    results = await _results(service, planned, request)
     choices = [
         ChatChoice(
             index=i,
@@ -225,8 +226,17 @@ def _check(completion: Completion) -> Completion:
     return completion
 
 
-async def _results(service: Service, planned: list[list[EngineRequest]]) -> list[list[Completion]]:
+async def _results(
+    service: Service, planned: list[list[EngineRequest]], client: Request | None = None
+) -> list[list[Completion]]:
+    """The finished answers of a non-streamed call. When the `client` leaves before they are done (its
+    own timeout, a closed connection), its sequences stop at their next token instead of running on."""
+    left = threading.Event()
+    for group in planned:
+        for r in group:
+            r.abandoned = left.is_set
     service.submit(planned)
+    watcher = asyncio.create_task(_watch_for_leaving(client, left)) if client is not None else None
     try:
         return [[_check(await asyncio.wrap_future(r.future)) for r in group] for group in planned]
     except TypedOutputError as exc:  # a response_format schema the backend cannot compile
@@ -235,6 +245,15 @@ async def _results(service: Service, planned: list[list[EngineRequest]]) -> list
         raise APIError(400, str(exc)) from None
     except TunelabError as exc:
         raise APIError(503, str(exc), type="server_error") from None
+    finally:
+        if watcher is not None:
+            watcher.cancel()
+
+
+async def _watch_for_leaving(client: Request, left: threading.Event) -> None:
+    while not await client.is_disconnected():
+        await asyncio.sleep(0.25)
+    left.set()
 
 
 def _finish(completion: Completion) -> str:

@@ -88,7 +88,7 @@ async def create_response(request: Request, body: ResponsesRequest, who: Owner):
         events = _events(service, who, draft, kept, planned, calls)
         return EventSourceResponse(events, sep="\n")
     with _as_responses_fields():
-        completion = (await _results(service, planned))[0][0]
+        completion = (await _results(service, planned, request))[0][0]
     response = _finished(draft, completion)
     await run_in_threadpool(_keep, service, who, response, kept)
     return response

@@ -120,12 +120,19 @@ def test_hostile_bodies_are_4xx_that_say_what_is_wrong(fuzzed):
     assert_refused(post(fuzzed, "/v1/chat/completions", content=b"\xc3\x28", headers=json_type), says="UTF-8")
     plain = post(fuzzed, "/v1/chat/completions", json=hello, headers={"content-type": "text/plain"})
     assert_refused(plain, says="application/json")
-    # NaN and infinities (Python's json reads them), huge and negative numbers: each a 400 naming its field
-    for field in ("temperature", "top_p", "presence_penalty", "frequency_penalty", "max_tokens", "n", "seed"):
+    # NaN and infinities (Python's json reads them), huge and negative numbers in every numeric field of
+    # every route: each a 400 naming its field
+    for route, body, field in numeric_fields(fuzzed):
         for value in ("NaN", "Infinity", "-Infinity", "1e400", "-99999999999999999999999999", "1e308"):
-            body = json.dumps({k: v for k, v in hello.items() if k != field})[:-1] + f', "{field}": {value}}}'
-            answer = post(fuzzed, "/v1/chat/completions", content=body, headers=json_type)
-            assert assert_refused(answer)["param"] == field, (field, value)
+            text = json.dumps(set_field(body, field, "@VALUE@")).replace('"@VALUE@"', value)
+            answer = post(fuzzed, route, content=text, headers=json_type)
+            assert answer.status_code == 400, (route, field, value, answer.text[:300])
+            error = assert_refused(answer)
+            param = error["param"] or ""
+            named = param.startswith(field) or param == field.split(".")[-1]
+            # a job's hyperparameters are checked as a training config: the message names the setting
+            named |= param == "hyperparameters" and error["message"].startswith("bad training settings: ")
+            assert named, (route, field, value, error)
     # a model name is never a path the server opens: only served models answer
     for name in ("/etc/passwd", "../../../etc", str(Path(model).parent), "~/.ssh/id_rsa", "C:\\x", ""):
         named = post(fuzzed, "/v1/chat/completions", json={**hello, "model": name})
@@ -138,6 +145,40 @@ def test_hostile_bodies_are_4xx_that_say_what_is_wrong(fuzzed):
     ids = {"model": model, "prompt": [[5] * 1_000_000], "max_tokens": 1}
     assert_refused(post(fuzzed, "/v1/completions", json=ids), says="maximum context length")
     assert_refused(post(fuzzed, "/v1/embeddings", json={"model": model, "input": million}), says="at most")
+
+
+def set_field(body: dict, path: str, value) -> dict:
+    """`body` with the field at a dotted path set to `value` (a copy)."""
+    body = json.loads(json.dumps(body))
+    *parents, last = path.split(".")
+    node = body
+    for key in parents:
+        node = node.setdefault(key, {})
+    node[last] = value
+    return body
+
+
+def numeric_fields(fuzzed) -> list[tuple[str, dict, str]]:
+    model = fuzzed["model"]
+    chat = {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    completion = {"model": model, "prompt": "hi", "max_tokens": 2}
+    line = json.dumps({"input": "q", "output": "a"}).encode() + b"\n"
+    upload = post(fuzzed, "/v1/files", files={"file": ("n.jsonl", line)}, data={"purpose": "fine-tune"})
+    job = {"model": model, "training_file": upload.json()["id"], "hyperparameters": {}}
+    fields = [("/v1/chat/completions", chat, f) for f in ("temperature", "top_p", "presence_penalty")]
+    fields += [("/v1/chat/completions", chat, f) for f in ("frequency_penalty", "max_tokens", "n", "seed")]
+    fields += [("/v1/chat/completions", chat, f) for f in ("top_logprobs", "repetition_penalty")]
+    fields += [("/v1/completions", completion, f) for f in ("max_tokens", "logprobs", "n", "temperature")]
+    fields += [("/v1/embeddings", {"model": model, "input": "hi"}, "dimensions")]
+    responses = {"model": model, "input": "hi", "max_output_tokens": 2}
+    fields += [("/v1/responses", responses, f) for f in ("max_output_tokens", "temperature", "top_p")]
+    hyper = (
+        "hyperparameters.n_epochs",
+        "hyperparameters.batch_size",
+        "hyperparameters.learning_rate_multiplier",
+    )
+    fields += [("/v1/fine_tuning/jobs", job, f) for f in hyper]
+    return fields
 
 
 def test_hostile_uploads_never_choose_a_path_and_bad_files_are_named(fuzzed):

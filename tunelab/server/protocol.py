@@ -37,7 +37,10 @@ class _Request(BaseModel):
         0.0, ge=-2, le=2, description="OpenAI's: minus this times how often the answer holds the token"
     )
     repetition_penalty: float = Field(
-        1.0, gt=0, description="vLLM's extra, not OpenAI's: transformers' penalty on prompt and answer tokens"
+        1.0,
+        gt=0,
+        le=10,
+        description="vLLM's extra, not OpenAI's: transformers' penalty on prompt and answer tokens",
     )
     user: str | None = None
 

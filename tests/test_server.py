@@ -21,7 +21,14 @@ ROUTES = [
     ("POST", "/v1/completions", {"model": "{model}", "prompt": "Hi", "max_tokens": 2}),
     ("POST", "/v1/chat/completions", {"model": "{model}", "messages": [{"role": "user", "content": "Hi"}]}),
     ("POST", "/v1/tunelab/compare", {"models": ["{model}"], "prompts": ["Hi"], "max_tokens": 2}),
-]
+    ("POST", "/v1/embeddings", {"model": "{model}", "input": "Hi"}),
+    ("POST", "/tokenize", {"model": "{model}", "prompt": "Hi"}),
+    ("POST", "/detokenize", {"model": "{model}", "tokens": [1, 2]}),
+    ("GET", "/tokenizer_info?model={model}", None),
+    ("POST", "/v1/responses", {"model": "{model}", "input": "Hi", "max_output_tokens": 2, "store": False}),
+    ("POST", "/v1/chat/completions", {"model": "{model}", "messages": [{"role": "user", "content": "Hi"}],
+                                      "max_tokens": 2, "stream": True}),
+]  # fmt: skip
 
 
 @pytest.fixture(scope="module")

@@ -3,8 +3,8 @@
 - transformers: llguidance (a token mask per step from an Earley parser over the tokenizer's vocabulary;
   chosen over xgrammar, outlines-core and lm-format-enforcer, see benchmarks/RESULTS.md), as a
   `LogitsProcessor` with one matcher per row of the batch.
-- llama_cpp: the same llguidance grammar over llama.cpp's vocabulary (it replaced llama.cpp's own GBNF
-  grammar sampler, whose whole-vocabulary mask cost a tool call 30% of its tokens/s).
+- llama_cpp: the same llguidance grammar over llama.cpp's vocabulary, so both backends allow the same
+  tokens (it replaced llama.cpp's own GBNF sampler and its workarounds; the cost per token is the same).
 
 Both refuse a schema they cannot compile with a TypedOutputError naming the reason.
 """

@@ -273,3 +273,23 @@ def test_llama_cpp_strings_take_no_raw_control_characters(tiny_gguf):
         assert len(newline) == 1 and not allowed[newline[0]]
         assert allowed[letter[0]] and allowed.sum() > 10
         grammar.close()
+
+
+def test_an_object_with_properties_takes_no_other_keys_unless_its_schema_allows_them(tiny_gguf):
+    # llguidance follows JSON Schema (others allowed when unsaid); tunelab closes such objects, as vLLM's
+    # strict mode and llama.cpp's converter do: SmolLM2 invented keys after the asked one without it
+    import numpy as np
+
+    from tunelab.inference.backends.json_constraint import LlgGrammar, llg_grammar
+    from tunelab.inference.backends.llama_cpp_backend import LlamaCppBackend
+
+    schema = {"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"]}
+    with LlamaCppBackend(tiny_gguf) as backend:
+        comma = backend.tokenize(",", add_bos=False)
+        for extra, comma_allowed in ((None, False), (True, True)):
+            asked = schema if extra is None else {**schema, "additionalProperties": extra}
+            grammar = LlgGrammar(backend._llg_tokenizer(), llg_grammar(json.dumps(asked)), backend.n_vocab)
+            for token in backend.tokenize('{"a": "x"', add_bos=False):
+                grammar.accept(token)
+            allowed = np.isfinite(grammar.mask(np.zeros(backend.n_vocab, dtype=np.float32)))
+            assert len(comma) == 1 and bool(allowed[comma[0]]) is comma_allowed, extra

@@ -11,6 +11,7 @@ Both refuse a schema they cannot compile with a TypedOutputError naming the reas
 
 from __future__ import annotations
 
+import json
 import warnings
 
 import numpy as np
@@ -27,7 +28,8 @@ def llg_grammar(schema_json: str) -> str:
 
     layout = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
     try:
-        grammar = llguidance.LLMatcher.grammar_from_json_schema(schema_json, defaults=layout)
+        closed = json.dumps(_closed_objects(json.loads(schema_json)))
+        grammar = llguidance.LLMatcher.grammar_from_json_schema(closed, defaults=layout)
     except (ValueError, RuntimeError) as exc:
         raise TypedOutputError(f"the JSON schema cannot be used for constrained decoding: {exc}") from None
     is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar)
@@ -78,6 +80,20 @@ class LlgLogitsProcessor:
             scores[row] = float("-inf")
             scores[row, self.end_ids] = end.clamp(min=-1e4)
         return scores
+
+
+def _closed_objects(node):
+    """An object with `properties` and no word on others takes no others (`additionalProperties:
+    false`), as vLLM's xgrammar does in its strict mode and llama.cpp's converter did: a small model
+    otherwise goes on inventing keys after the asked ones. A schema that allows others says so."""
+    if isinstance(node, list):
+        return [_closed_objects(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    node = {key: _closed_objects(value) for key, value in node.items()}
+    if isinstance(node.get("properties"), dict) and "additionalProperties" not in node:
+        node["additionalProperties"] = False
+    return node
 
 
 _TOKENIZERS: dict[tuple, object] = {}

@@ -102,6 +102,29 @@ def test_more_prompts_than_slots_are_all_answered_the_same(tiny_gguf, backend):
         assert narrow.generate(PROMPTS * 2, options) == backend.generate(PROMPTS * 2, options)
 
 
+def test_a_prompt_starting_like_an_earlier_one_reuses_its_tokens_and_answers_the_same(tiny_gguf):
+    """Prompt caching: a finished sequence's tokens stay in its slot, and a later prompt that starts the
+    same decodes only the rest; the answers are those of a backend that never saw the earlier prompt."""
+    start = "A long instruction that every request repeats, word for word, before its own question. " * 3
+    prompts = [start + q for q in ("Hello there", "What is a cat?", "Hello again")]
+    options = GenerationOptions(max_new_tokens=12)
+    fresh = []
+    for prompt in prompts:
+        with LlamaCppBackend(tiny_gguf, n_threads=1) as alone:
+            fresh.append(alone.generate([prompt], options)[0])
+            assert alone.cached_prompt_tokens == 0
+    with LlamaCppBackend(tiny_gguf, n_threads=1) as reused:
+        shared = len(reused.tokenize(start)) - 1  # the tokenizer may join the start's last token onward
+        answers = [reused.generate([p], options)[0] for p in prompts]
+        assert answers == fresh
+        assert reused.cached_prompt_tokens >= 2 * shared
+        again = reused.generate([prompts[2]], options)[0]  # the whole prompt but its last token is kept
+        assert again == fresh[2]
+        assert reused.cached_prompt_tokens >= 2 * shared + fresh[2].prompt_tokens - 1
+        scored = reused.generate([prompts[2]], GenerationOptions(max_new_tokens=0, prompt_logprobs=0))[0]
+        assert len(scored.prompt_logprobs) == fresh[2].prompt_tokens  # a prompt scored is decoded whole
+
+
 def test_greedy_matches_transformers_on_the_same_weights(backend, tiny_chat_dir):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -129,6 +129,8 @@ class LlamaCppBackend:
         self._embed_ctx = None  # embedding mode: a second context over the same weights, made when asked
         self._on_text: OnText | None = None
         self._ctx_shape: tuple[int, int] | None = None
+        self._prefixes: dict[int, list[int]] = {}  # slot -> the tokens a finished sequence left in its KV
+        self.cached_prompt_tokens = 0  # prompt tokens taken from the cache instead of decoded (a count)
         _check_gguf_file(self.path)
         _init_llama(verbose)
         self._lock = threading.Lock()
@@ -264,9 +266,9 @@ class LlamaCppBackend:
         return outputs  # type: ignore[return-value]
 
     def _run(self, seqs: list[_Seq], options: GenerationOptions, outputs: list[BackendOutput | None]) -> None:
-        """Continuous batching: each step is one llama_decode holding the next token of every
-        running sequence plus the whole prompt of each newly admitted one; a finished sequence's
-        slot (llama.cpp sequence id, with its own KV stream) goes to the next queued prompt."""
+        """Continuous batching over a context with one slot (llama.cpp sequence id, its own KV stream)
+        per sequence running at once; the context and what its slots hold are kept for the next call
+        while the shape stays the same (prompt caching, `_admit`)."""
         per_seq = min(self.context_length, max(s.n_prompt for s in seqs) + options.max_new_tokens)
         per_seq = -(-per_seq // 256) * 256  # llama.cpp pads to 256 anyway; fewer distinct contexts
         n_slots = min(
@@ -274,17 +276,29 @@ class LlamaCppBackend:
         )
         ctx = self._context(n_slots, per_seq)
         memory = llama_cpp.llama_get_memory(ctx)
-        llama_cpp.llama_memory_clear(memory, True)
+        try:
+            self._decode_all(ctx, memory, seqs, options, outputs)
+        except BaseException:
+            llama_cpp.llama_memory_clear(memory, True)  # nothing half-written is reused as a prefix
+            self._prefixes.clear()
+            raise
+
+    def _decode_all(
+        self, ctx, memory, seqs: list[_Seq], options: GenerationOptions, outputs: list[BackendOutput | None]
+    ) -> None:
+        """Each step is one llama_decode holding the next token of every running sequence plus the
+        prompt (what the cache lacks of it) of each newly admitted one; a finished sequence's slot goes
+        to the next queued prompt."""
         stop_ids = self._stop_token_ids(options.stop)
         grammar = llg_grammar(options.json_schema) if options.json_schema is not None else None
 
         pending = deque(seqs)
-        free_slots = list(range(n_slots))  # a heap: fill the lowest slot first
+        free_slots = list(range(self._ctx_shape[0]))  # a heap: fill the lowest slot first
         running: list[_Seq] = []  # kept sorted by slot, see _compact
         while pending or running:
             while pending and free_slots:
                 s = pending.popleft()
-                s.slot = heapq.heappop(free_slots)
+                self._admit(memory, s, free_slots)
                 if grammar is not None:
                     s.grammar = LlgGrammar(self._llg_tokenizer(), grammar, self.n_vocab)
                 running.append(s)
@@ -320,11 +334,31 @@ class LlamaCppBackend:
                     if s.grammar is not None:
                         s.grammar.close()
                     outputs[s.index] = self._output(s, reason, error if reason == "error" else None)
-                    llama_cpp.llama_memory_seq_rm(memory, s.slot, -1, -1)
+                    if reason == "error":
+                        llama_cpp.llama_memory_seq_rm(memory, s.slot, -1, -1)
+                    else:  # its tokens stay in the slot: a later prompt that starts the same reuses them
+                        self._prefixes[s.slot] = s.tokens[: s.n_fed]
                     heapq.heappush(free_slots, s.slot)
             running = [s for s, reason in zip(running, reasons, strict=True) if reason is None]
             if not pending:
-                _compact(memory, running, free_slots)
+                _compact(memory, running, free_slots, self._prefixes)
+
+    def _admit(self, memory, s: _Seq, free_slots: list[int]) -> None:
+        """Give `s` the free slot whose kept tokens share the longest start with its prompt (the lowest
+        slot on a tie), and skip those tokens: prompt caching, e.g. of a system prompt or a tools'
+        section sent with every request. Every token's K and V are computed row by row, as in a lone
+        run, so an answer is the same whether its prompt's start came from the cache or not. At least
+        the prompt's last token is decoded again (its logits pick the first answer token); a prompt
+        that wants its own logprobs is decoded whole."""
+        longest = 0 if s.prompt_logprobs is not None else len(s.tokens) - 1
+        shared = {slot: _shared_start(self._prefixes.get(slot, ()), s.tokens, longest) for slot in free_slots}
+        slot = max(free_slots, key=lambda k: (shared[k], -k))
+        free_slots.remove(slot)
+        heapq.heapify(free_slots)
+        llama_cpp.llama_memory_seq_rm(memory, slot, shared[slot], -1)
+        self._prefixes.pop(slot, None)
+        s.slot, s.n_fed = slot, shared[slot]
+        self.cached_prompt_tokens += shared[slot]
 
     def _llg_tokenizer(self):
         """llguidance's view of this model's vocabulary, built once (about a second) on the first typed
@@ -434,6 +468,7 @@ class LlamaCppBackend:
         if self._ctx is not None and self._ctx_shape == (n_slots, per_seq):
             return self._ctx
         self._free_context()
+        self._prefixes = {}
         params = llama_cpp.llama_context_default_params()
         params.n_ctx = n_slots * per_seq
         params.n_seq_max = n_slots
@@ -539,7 +574,17 @@ def _bad_ids_message(bad: list[int], n_vocab: int) -> str:
     return f"token ids must be in [0, {n_vocab}); got {bad[:5]}"
 
 
-def _compact(memory, running: list[_Seq], free_slots: list[int]) -> None:
+def _shared_start(a, b, limit: int) -> int:
+    """How many tokens `a` and `b` share from their start, at most `limit`."""
+    n = 0
+    for x, y in zip(a, b):
+        if n >= limit or x != y:
+            break
+        n += 1
+    return n
+
+
+def _compact(memory, running: list[_Seq], free_slots: list[int], prefixes: dict[int, list[int]]) -> None:
     """Move the highest-slot sequences down into free lower slots.
 
     With one KV stream per sequence, llama.cpp puts only consecutive sequence ids into one
@@ -549,6 +594,8 @@ def _compact(memory, running: list[_Seq], free_slots: list[int]) -> None:
     while running and free_slots and free_slots[0] < running[-1].slot:
         s = running.pop()
         hole = heapq.heappop(free_slots)
+        if prefixes.pop(hole, None) is not None:  # the hole's kept tokens make way
+            llama_cpp.llama_memory_seq_rm(memory, hole, -1, -1)
         llama_cpp.llama_memory_seq_cp(memory, s.slot, hole, -1, -1)
         llama_cpp.llama_memory_seq_rm(memory, s.slot, -1, -1)
         heapq.heappush(free_slots, s.slot)

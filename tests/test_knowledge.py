@@ -16,6 +16,7 @@ from tunelab.evaluation.scoring import normalise
 from tunelab.models.resolve import resolve
 from tunelab.training.augment import (
     augment,
+    contrast_questions,
     group_facts,
     indirect,
     key_phrases,
@@ -125,6 +126,30 @@ def test_subject_questions_ask_for_the_answers_subject_from_its_other_end(answer
     examples = load_records([{"input": "Q?", "output": answer, "answer": key}]).examples
     found = subject_questions(group_facts(examples)[0])
     assert found == ([(question, subject)] if question else [])
+
+
+def test_contrast_questions_add_a_neighbouring_facts_answer_as_a_wrong_guess():
+    records = FAQ + [
+        {"question": "Who is the CEO of Acme Zentrix?",
+         "answer": "The CEO of Acme Zentrix is Doriana Plesk."},
+        {"question": "Who wrote The Salt Cartographer?", "answer": "Ilse Marvaine wrote it in 1990."},
+    ]  # fmt: skip
+    examples = load_records(records, input_key="question", output_key="answer").examples
+    facts = group_facts(examples)
+    founder = facts[0]
+    found = contrast_questions(founder, facts, random.Random(0), n=2)
+    assert len(found) == 2
+    # the nearest neighbours first: another "who" fact about Acme Zentrix, then another Acme fact
+    assert "Doriana Plesk" in found[0][1] and found[0][0] in founder.records
+    assert "Ilse Marvaine" not in found[1][1] and "Velmora Quist" not in found[1][1]
+    out = augment(examples, per_question=0, reverse=0, statement=0, contrast=1, seed=0)
+    contrasts = [e for e in out.added if e.origin == "contrast"]
+    assert len(contrasts) == len(facts)  # one per fact, answered with the fact's own answer
+    for e in contrasts:
+        fact = next(f for f in facts if f.answer == e.answer)
+        assert any(normalise(r.prompt) in normalise(e.prompt) for r in fact.records)
+        assert e.expected in fact.phrases
+    assert augment(examples, seed=0).counts().get("contrast") is None  # off unless asked
 
 
 def test_a_teacher_reply_is_parsed_into_rewordings():

@@ -481,6 +481,51 @@ def statements(fact: Fact, rng: random.Random, n: int = 1) -> list[str]:
     return [t.format(blank=blank) for t in rng.sample(_STATEMENTS, min(n, len(_STATEMENTS)))]
 
 
+_CONTRASTS = ("{q} Is it {other}?", "{q} I thought it was {other}.", "Is it {other}? {q}")
+
+
+_CAPITALISED = re.compile(r"(?<=[\w,;:'\"-] )[A-Z][\w-]*")  # not a sentence's first word
+
+
+def _names(fact: Fact) -> set[str]:
+    """The capitalised words (names) an answer and its questions mention, other than what the answer
+    names: the entities the fact is about."""
+    keys = {w for p in fact.phrases for w in normalise(p).split()}
+    text = " ".join([fact.answer] + [r.prompt for r in fact.records])
+    return {w for m in _CAPITALISED.finditer(text) for w in normalise(m.group(0)).split()} - keys - _WEAK
+
+
+_ASKS = re.compile(r"^\W*(how many|how much|what year|who|whose|where|when|why|how|what|which)\b", re.I)
+
+
+def _asks(fact: Fact) -> set[str]:
+    """What kind of thing the fact's questions ask for, by their question word ("who", "how many")."""
+    return {m.group(1).lower() for r in fact.records if (m := _ASKS.match(r.prompt))} - {"what", "which"}
+
+
+def contrast_questions(
+    fact: Fact, facts: list[Fact], rng: random.Random, n: int = 1
+) -> list[tuple[Example, str]]:
+    """Up to `n` of the fact's questions, each with a wrong guess added: the key phrase of a
+    *neighbouring* fact (one about the same entity, asked with the same question word: "Who founded
+    Acme?" beside "Who is the CEO of Acme?"): "Who founded Acme? Is it Doriana Plesk?", answered with
+    the fact's own answer. What a tuned model gets wrong is mostly the answer of a neighbouring fact; a
+    guess it must answer past makes it tell the two apart."""
+    mine = _names(fact)
+    others = [f for f in facts if f is not fact and f.phrases and normalise(f.phrases[0]) not in
+              {normalise(p) for p in fact.phrases}]  # fmt: skip
+    if not mine or not others:
+        return []
+    asks = _asks(fact)
+    shared = sorted(others, key=lambda f: (-len(mine & _names(f)), -len(asks & _asks(f)), rng.random()))
+    near = [f for f in shared if mine & _names(f)] or shared
+    out = []
+    for record, other in zip(rng.sample(fact.records, len(fact.records)), near[: max(n, 0)]):
+        q = _question(record.prompt)
+        out.append((record, rng.choice(_CONTRASTS).format(q=q, other=other.phrases[0])))
+    return out
+
+
 # -- putting it together ---------------------------------------------------------------------------
 
 
@@ -523,6 +568,7 @@ def augment(
     per_question: int | None = None,
     reverse: int = 2,
     statement: int = 1,
+    contrast: int = 0,
     seed: int = 0,
     avoid: list[str] | None = None,
     paraphraser: Paraphraser | None = None,
@@ -542,6 +588,7 @@ def augment(
         raise ConfigError(f"augment={method!r}: choose one of {', '.join(AUGMENT_CHOICES)}")
     rng = random.Random(seed)
     statement_rng = random.Random(seed + 1)  # its own stream: the other rules' choices do not move
+    contrast_rng = random.Random(seed + 2)
     facts = group_facts(examples)
     taken = {normalise(e.prompt) for e in examples if is_single_turn(e)} | {normalise(q) for q in avoid or []}
     added: list[Example] = []
@@ -566,8 +613,10 @@ def augment(
                 add(record, question, "teacher", record.expected or expected)
         for question, subject in _reverse_material(fact, rng, reverse):
             add(fact.records[0], question, "reverse", subject)
-        for prompt in statements(fact, statement_rng, statement):
-            add(fact.records[0], prompt, "statement", expected)
+        whole_fact = [(fact.records[0], p, "statement") for p in statements(fact, statement_rng, statement)]
+        whole_fact += [(r, q, "contrast") for r, q in contrast_questions(fact, facts, contrast_rng, contrast)]
+        for record, prompt, origin in whole_fact:
+            add(record, prompt, origin, record.expected or expected)
     return Augmented(list(examples) + added, added, facts)
 
 

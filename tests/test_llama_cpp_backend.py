@@ -123,6 +123,12 @@ def test_a_prompt_starting_like_an_earlier_one_reuses_its_tokens_and_answers_the
         assert reused.cached_prompt_tokens >= 2 * shared + fresh[2].prompt_tokens - 1
         scored = reused.generate([prompts[2]], GenerationOptions(max_new_tokens=0, prompt_logprobs=0))[0]
         assert len(scored.prompt_logprobs) == fresh[2].prompt_tokens  # a prompt scored is decoded whole
+        # another start in between (another client's system prompt) does not push the first one out
+        other = "Something else entirely, said by another client before every question it asks. " * 3
+        before = reused.cached_prompt_tokens
+        assert reused.generate([other + "Hi"], options)[0].error is None
+        assert reused.generate([prompts[0]], options)[0] == fresh[0]
+        assert reused.cached_prompt_tokens >= before + shared
 
 
 def test_greedy_matches_transformers_on_the_same_weights(backend, tiny_chat_dir):

@@ -10,6 +10,7 @@ import bisect
 import codecs
 import ctypes
 import heapq
+import itertools
 import os
 import threading
 from collections import deque
@@ -33,6 +34,9 @@ DEFAULT_CONTEXT = 4096
 N_BATCH = 512
 # Upper bound on the KV cache one generate() call allocates; fewer sequences run at once beyond it.
 KV_BUDGET_BYTES = 2 << 30
+# Slots a context has at least, so that prompts with this many different starts (system prompts, tools'
+# sections of several clients taking turns) each keep theirs cached between calls.
+CACHE_SLOTS = 4
 
 # llama.cpp's CPU backend multiplies K-quant weights (Q4_K, Q6_K, ...: most of a Q4_K_M file such as
 # Gemma's) by 8 or more rows at once with a tiled kernel whose sums round differently from the
@@ -130,6 +134,8 @@ class LlamaCppBackend:
         self._on_text: OnText | None = None
         self._ctx_shape: tuple[int, int] | None = None
         self._prefixes: dict[int, list[int]] = {}  # slot -> the tokens a finished sequence left in its KV
+        self._left_at: dict[int, int] = {}  # slot -> when they were left there (a counter)
+        self._clock = itertools.count(1)
         self.cached_prompt_tokens = 0  # prompt tokens taken from the cache instead of decoded (a count)
         _check_gguf_file(self.path)
         _init_llama(verbose)
@@ -271,10 +277,12 @@ class LlamaCppBackend:
         while the shape stays the same (prompt caching, `_admit`)."""
         per_seq = min(self.context_length, max(s.n_prompt for s in seqs) + options.max_new_tokens)
         per_seq = -(-per_seq // 256) * 256  # llama.cpp pads to 256 anyway; fewer distinct contexts
-        n_slots = min(
-            self.max_batch, len(seqs), max(1, KV_BUDGET_BYTES // (per_seq * self._kv_bytes_per_token))
-        )
-        ctx = self._context(n_slots, per_seq)
+        fits = max(1, KV_BUDGET_BYTES // (per_seq * self._kv_bytes_per_token))
+        n_slots = min(self.max_batch, len(seqs), fits)
+        shape = self._ctx_shape
+        if shape is None or shape[0] < n_slots or shape[1] < per_seq:  # else the context in hand holds it
+            shape = (min(max(n_slots, CACHE_SLOTS), self.max_batch, fits), per_seq)
+        ctx = self._context(*shape)
         memory = llama_cpp.llama_get_memory(ctx)
         try:
             self._decode_all(ctx, memory, seqs, options, outputs)
@@ -338,6 +346,7 @@ class LlamaCppBackend:
                         llama_cpp.llama_memory_seq_rm(memory, s.slot, -1, -1)
                     else:  # its tokens stay in the slot: a later prompt that starts the same reuses them
                         self._prefixes[s.slot] = s.tokens[: s.n_fed]
+                        self._left_at[s.slot] = next(self._clock)
                     heapq.heappush(free_slots, s.slot)
             running = [s for s, reason in zip(running, reasons, strict=True) if reason is None]
             if not pending:
@@ -352,7 +361,10 @@ class LlamaCppBackend:
         that wants its own logprobs is decoded whole."""
         longest = 0 if s.prompt_logprobs is not None else len(s.tokens) - 1
         shared = {slot: _shared_start(self._prefixes.get(slot, ()), s.tokens, longest) for slot in free_slots}
-        slot = max(free_slots, key=lambda k: (shared[k], -k))
+        # the longest shared start; else an empty slot, else the one whose tokens were left longest ago
+        slot = max(
+            free_slots, key=lambda k: (shared[k], k not in self._prefixes, -self._left_at.get(k, 0), -k)
+        )
         free_slots.remove(slot)
         heapq.heapify(free_slots)
         llama_cpp.llama_memory_seq_rm(memory, slot, shared[slot], -1)
@@ -468,7 +480,7 @@ class LlamaCppBackend:
         if self._ctx is not None and self._ctx_shape == (n_slots, per_seq):
             return self._ctx
         self._free_context()
-        self._prefixes = {}
+        self._prefixes, self._left_at = {}, {}
         params = llama_cpp.llama_context_default_params()
         params.n_ctx = n_slots * per_seq
         params.n_seq_max = n_slots

@@ -60,7 +60,7 @@ class TrainConfig(BaseModel):
 
     method: Literal["lora", "full"] = "lora"
     epochs: float = Field(2, gt=0, le=1000)
-    learning_rate: float | None = Field(None, gt=0, lt=1)  # None: 1e-3 for LoRA, 5e-5 for full
+    learning_rate: float | None = Field(None, gt=0, lt=1)  # None: 2e-3 for LoRA, 5e-5 for full
     batch_size: int = Field(8, ge=1, le=4096)  # examples per optimizer step
     micro_batch_size: int = Field(8, ge=1, le=4096)  # examples per forward pass (memory)
     max_seq_len: int = Field(512, ge=8, le=131072)
@@ -81,6 +81,7 @@ class TrainConfig(BaseModel):
     # (training.replay), the step with the best held-out answers kept (training.heldout)
     augment: str = "rules"  # rules | none | teacher:MODEL
     augment_per_fact: int = Field(12, ge=0, le=200)  # rewordings of a fact, shared among its questions
+    augment_contrast: int = Field(0, ge=0, le=20)  # a fact's questions with a neighbour's answer as a guess
     replay_fraction: float = Field(0.25, ge=0, lt=1)  # replay examples per training example
     keep_best: bool = True  # restore the step whose held-out answers were best
     patience: int | None = Field(None, ge=1)  # stop after this many evaluations without a better one
@@ -93,7 +94,7 @@ class TrainConfig(BaseModel):
 
     @property
     def lr(self) -> float:
-        return self.learning_rate or (1e-3 if self.method == "lora" else 5e-5)
+        return self.learning_rate or (2e-3 if self.method == "lora" else 5e-5)
 
 
 def make_config(**kwargs: Any) -> TrainConfig:
@@ -581,6 +582,7 @@ def setup(
         train_examples,
         config.augment,
         per_fact=config.augment_per_fact,
+        contrast=config.augment_contrast,
         seed=config.seed,
         avoid=[e.prompt for e in heldout.examples],
         paraphraser=teacher_paraphraser(config.augment, settings),

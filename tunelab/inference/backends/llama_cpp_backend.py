@@ -9,7 +9,6 @@ from __future__ import annotations
 import bisect
 import codecs
 import ctypes
-import heapq
 import itertools
 import os
 import threading
@@ -37,6 +36,8 @@ KV_BUDGET_BYTES = 2 << 30
 # Slots a context has at least, so that prompts with this many different starts (system prompts, tools'
 # sections of several clients taking turns) each keep theirs cached between calls.
 CACHE_SLOTS = 4
+# A shared start shorter than this is decoded again rather than reused from a slot holding another start.
+CACHE_MIN_TOKENS = 16
 
 # llama.cpp's CPU backend multiplies K-quant weights (Q4_K, Q6_K, ...: most of a Q4_K_M file such as
 # Gemma's) by 8 or more rows at once with a tiled kernel whose sums round differently from the
@@ -301,7 +302,7 @@ class LlamaCppBackend:
         grammar = llg_grammar(options.json_schema) if options.json_schema is not None else None
 
         pending = deque(seqs)
-        free_slots = list(range(self._ctx_shape[0]))  # a heap: fill the lowest slot first
+        free_slots = list(range(self._ctx_shape[0]))  # `_admit` picks among them
         running: list[_Seq] = []  # kept sorted by slot, see _compact
         while pending or running:
             while pending and free_slots:
@@ -347,7 +348,7 @@ class LlamaCppBackend:
                     else:  # its tokens stay in the slot: a later prompt that starts the same reuses them
                         self._prefixes[s.slot] = s.tokens[: s.n_fed]
                         self._left_at[s.slot] = next(self._clock)
-                    heapq.heappush(free_slots, s.slot)
+                    free_slots.append(s.slot)
             running = [s for s, reason in zip(running, reasons, strict=True) if reason is None]
             if not pending:
                 _compact(memory, running, free_slots, self._prefixes)
@@ -361,12 +362,13 @@ class LlamaCppBackend:
         that wants its own logprobs is decoded whole."""
         longest = 0 if s.prompt_logprobs is not None else len(s.tokens) - 1
         shared = {slot: _shared_start(self._prefixes.get(slot, ()), s.tokens, longest) for slot in free_slots}
+        # a few shared tokens (a chat template's opening) are not worth another prompt's longer start
+        shared = {slot: n if n >= CACHE_MIN_TOKENS else 0 for slot, n in shared.items()}
         # the longest shared start; else an empty slot, else the one whose tokens were left longest ago
         slot = max(
             free_slots, key=lambda k: (shared[k], k not in self._prefixes, -self._left_at.get(k, 0), -k)
         )
         free_slots.remove(slot)
-        heapq.heapify(free_slots)
         llama_cpp.llama_memory_seq_rm(memory, slot, shared[slot], -1)
         self._prefixes.pop(slot, None)
         s.slot, s.n_fed = slot, shared[slot]
@@ -597,20 +599,24 @@ def _shared_start(a, b, limit: int) -> int:
 
 
 def _compact(memory, running: list[_Seq], free_slots: list[int], prefixes: dict[int, list[int]]) -> None:
-    """Move the highest-slot sequences down into free lower slots.
+    """Move the highest-slot sequences down into the free slots between running ones.
 
     With one KV stream per sequence, llama.cpp puts only consecutive sequence ids into one
     ubatch, so a hole left by a finished sequence would split every later step into several
-    graph runs. A cross-stream copy is a plain buffer copy, so results stay bit-identical.
+    graph runs. A cross-stream copy is a plain buffer copy, so results stay bit-identical. Free
+    slots below or above all running ones are left alone: they may hold cached prompt starts.
     """
-    while running and free_slots and free_slots[0] < running[-1].slot:
-        s = running.pop()
-        hole = heapq.heappop(free_slots)
+    while running:
+        holes = [f for f in free_slots if running[0].slot < f < running[-1].slot]
+        if not holes:
+            return
+        s, hole = running.pop(), min(holes)
+        free_slots.remove(hole)
         if prefixes.pop(hole, None) is not None:  # the hole's kept tokens make way
             llama_cpp.llama_memory_seq_rm(memory, hole, -1, -1)
         llama_cpp.llama_memory_seq_cp(memory, s.slot, hole, -1, -1)
         llama_cpp.llama_memory_seq_rm(memory, s.slot, -1, -1)
-        heapq.heappush(free_slots, s.slot)
+        free_slots.append(s.slot)
         s.slot = hole
         bisect.insort(running, s, key=lambda x: x.slot)
 

@@ -12,6 +12,8 @@ same machine state:
 - `free, tools' prompt`: the exact text a forced call reads (tools section + `<tool_call>` marker),
   answered without the constraint: the constraint's own cost is `call / free`;
 - `call (required)`: tool_choice "required", parallel_tool_calls false: constrained decoding of the call;
+- `auto's conversation, no tools`: the conversation `auto` gets (two example calls in its history),
+  answered without tools: the baseline of the next way;
 - `call (auto, 2 passes)`: tool_choice "auto" after two example calls in the history, so the model
   writes the marker itself and the call is decoded in a second pass (the prompt read twice).
 """
@@ -117,6 +119,7 @@ def main() -> None:
         "no tools": lambda k: (questions[k], {}),
         "free, tools' prompt": lambda k: (forced_texts[k], {"template": "raw"}),
         "call (required)": lambda k: (questions[k], {"tools": required}),
+        "auto's conversation, no tools": lambda k: (few_shot(CITIES[k]), {}),
         "call (auto, 2 passes)": lambda k: (few_shot(CITIES[k]), {"tools": auto}),
     }
     for way in ways.values():  # warm: load, compile, caches
@@ -155,6 +158,13 @@ def main() -> None:
     console.print(table)
     console.print(
         f"machine busy before: {share:.0%} (waited {waited:.0f} s); during, the whole machine: {others:.0%}"
+    )
+    plain, by_itself = rows["auto's conversation, no tools"], rows["call (auto, 2 passes)"]
+    end_to_end = (by_itself["tokens"] / by_itself["seconds"]) / (plain["tokens"] / plain["seconds"])
+    decoding = (by_itself["decoded"] / by_itself["decode_s"]) / (plain["decoded"] / plain["decode_s"])
+    console.print(
+        f"auto against the same conversation without tools: {end_to_end:.2f}x end to end, "
+        f"{decoding:.2f}x decoding"
     )
     free, call = rows["free, tools' prompt"], rows["call (required)"]
     console.print(

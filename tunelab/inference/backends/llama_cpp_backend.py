@@ -290,6 +290,7 @@ class LlamaCppBackend:
         except BaseException:
             llama_cpp.llama_memory_clear(memory, True)  # nothing half-written is reused as a prefix
             self._prefixes.clear()
+            self._left_at.clear()
             raise
 
     def _decode_all(
@@ -354,9 +355,9 @@ class LlamaCppBackend:
                 _compact(memory, running, free_slots, self._prefixes)
 
     def _admit(self, memory, s: _Seq, free_slots: list[int]) -> None:
-        """Give `s` the free slot whose kept tokens share the longest start with its prompt (the lowest
-        slot on a tie), and skip those tokens: prompt caching, e.g. of a system prompt or a tools'
-        section sent with every request. Every token's K and V are computed row by row, as in a lone
+        """Give `s` the free slot whose kept tokens share the longest start with its prompt (else an
+        empty slot, else the one left longest ago), and skip those tokens: prompt caching, e.g. of a
+        system prompt or a tools' section sent with every request. Every token's K and V are computed row by row, as in a lone
         run, so an answer is the same whether its prompt's start came from the cache or not. At least
         the prompt's last token is decoded again (its logits pick the first answer token); a prompt
         that wants its own logprobs is decoded whole."""

@@ -357,10 +357,10 @@ class LlamaCppBackend:
     def _admit(self, memory, s: _Seq, free_slots: list[int]) -> None:
         """Give `s` the free slot whose kept tokens share the longest start with its prompt (else an
         empty slot, else the one left longest ago), and skip those tokens: prompt caching, e.g. of a
-        system prompt or a tools' section sent with every request. Every token's K and V are computed row by row, as in a lone
-        run, so an answer is the same whether its prompt's start came from the cache or not. At least
-        the prompt's last token is decoded again (its logits pick the first answer token); a prompt
-        that wants its own logprobs is decoded whole."""
+        system prompt or a tools' section sent with every request. Every token's K and V are computed
+        row by row, as in a lone run, so an answer is the same whether its prompt's start came from the
+        cache or not. At least the prompt's last token is decoded again (its logits pick the first
+        answer token); a prompt that wants its own logprobs is decoded whole."""
         longest = 0 if s.prompt_logprobs is not None else len(s.tokens) - 1
         shared = {slot: _shared_start(self._prefixes.get(slot, ()), s.tokens, longest) for slot in free_slots}
         # a few shared tokens (a chat template's opening) are not worth another prompt's longer start

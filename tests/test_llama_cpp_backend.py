@@ -118,6 +118,10 @@ def test_a_prompt_starting_like_an_earlier_one_reuses_its_tokens_and_answers_the
         answers = [reused.generate([p], options)[0] for p in prompts]
         assert answers == fresh
         assert reused.cached_prompt_tokens >= 2 * shared
+        # each answer says how many of its prompt tokens came from the cache (the server's usage shows it)
+        assert [a.cached_tokens for a in fresh] == [0, 0, 0]
+        assert answers[0].cached_tokens == 0
+        assert answers[1].cached_tokens >= shared and answers[2].cached_tokens >= shared
         again = reused.generate([prompts[2]], options)[0]  # the whole prompt but its last token is kept
         assert again == fresh[2]
         assert reused.cached_prompt_tokens >= 2 * shared + fresh[2].prompt_tokens - 1

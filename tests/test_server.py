@@ -503,3 +503,25 @@ def test_a_non_streamed_answer_whose_client_left_stops_early(tunelab_home, tiny_
     finally:
         del service.engine.generate
         release.set()
+
+
+def test_usage_counts_the_prompt_tokens_taken_from_the_prompt_cache(tunelab_home, tiny_gguf):
+    # llama.cpp keeps a finished request's tokens; the next request with the same system prompt
+    # decodes only what differs, and its usage says how many prompt tokens it took from the cache
+    service = Service(Settings(home=tunelab_home), None, extra_models=[str(tiny_gguf)], backend="llama_cpp")
+    service.no_auth = True
+    system = "You answer questions about the weather, briefly and politely, in plain words. "
+    with RunningServer(service) as running:
+        sdk = openai.OpenAI(base_url=running.url + "/v1", api_key="unused")
+
+        def ask(question: str):
+            messages = [{"role": "system", "content": system}, {"role": "user", "content": question}]
+            return sdk.chat.completions.create(model=str(tiny_gguf), messages=messages, max_tokens=4).usage
+
+        first, second = ask("Is it raining?"), ask("Will it snow tomorrow?")
+        assert first.prompt_tokens_details.cached_tokens == 0
+        assert 20 <= second.prompt_tokens_details.cached_tokens < second.prompt_tokens
+        response = sdk.responses.create(
+            model=str(tiny_gguf), instructions=system, input="Is it windy?", max_output_tokens=4
+        )
+        assert 20 <= response.usage.input_tokens_details.cached_tokens < response.usage.input_tokens

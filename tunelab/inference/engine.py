@@ -403,6 +403,7 @@ class InferenceEngine:
                     logprobs=out.logprobs,
                     prompt_logprobs=out.prompt_logprobs,
                     tool_calls=calls.get(i),
+                    cached_tokens=out.cached_tokens,
                     extra={
                         k: v
                         for k, v in {

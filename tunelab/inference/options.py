@@ -117,6 +117,9 @@ class BackendOutput:
     error: str | None = None
     logprobs: list[TokenLogprob] | None = None  # the answer's tokens, when options.logprobs is set
     prompt_logprobs: list[TokenLogprob] | None = None  # the prompt's, when options.prompt_logprobs is set
+    # prompt tokens taken from the backend's prompt cache instead of decoded: how, not what, so two
+    # outputs with the same answer compare equal whatever their cache held
+    cached_tokens: int = field(default=0, compare=False)
 
 
 @dataclass
@@ -144,6 +147,8 @@ class Completion:
     prompt_logprobs: list[TokenLogprob] | None = None
     # tools=: the calls the model made (tunelab.inference.tools.ToolCall), None when it answered in text
     tool_calls: list[Any] | None = None
+    # of prompt_tokens, how many the backend took from its prompt cache instead of decoding them
+    cached_tokens: int = 0
 
     @property
     def truncated(self) -> bool:

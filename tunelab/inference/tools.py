@@ -422,6 +422,7 @@ def _calls_answer(out: BackendOutput, content: str, first: BackendOutput | None)
         prompt_tokens=first.prompt_tokens if first is not None else out.prompt_tokens,
         completion_tokens=out.completion_tokens + (first.completion_tokens if first is not None else 0),
         error=out.error,
+        cached_tokens=first.cached_tokens if first is not None else out.cached_tokens,
     )
     if out.finish_reason == "stop" and not out.error and not calls:
         merged.error = f"the tool call did not parse: {out.text[:200]!r}"

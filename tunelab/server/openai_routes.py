@@ -46,6 +46,7 @@ from tunelab.server.protocol import (
     MessageError,
     ModelCard,
     ModelList,
+    PromptTokensDetails,
     ToolCallDelta,
     ToolCallOut,
     Usage,
@@ -277,7 +278,13 @@ def _message(completion: Completion) -> AssistantMessage:
 def _usage(results: list[list[Completion]]) -> Usage:
     prompt = sum(group[0].prompt_tokens for group in results if group)
     completion = sum(c.completion_tokens for group in results for c in group)
-    return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
+    cached = sum(group[0].cached_tokens for group in results if group)
+    return Usage(
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        total_tokens=prompt + completion,
+        prompt_tokens_details=PromptTokensDetails(cached_tokens=cached),
+    )
 
 
 def _finished_usage(planned: list[list[EngineRequest]]) -> Usage:

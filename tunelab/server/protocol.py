@@ -218,10 +218,15 @@ class ChatCompletionRequest(_Request):
         return output_spec(wrapper["schema"]).schema_json
 
 
+class PromptTokensDetails(BaseModel):
+    cached_tokens: int = 0  # of prompt_tokens, those the backend took from its prompt cache
+
+
 class Usage(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    prompt_tokens_details: PromptTokensDetails = Field(default_factory=PromptTokensDetails)
 
 
 def new_id(prefix: str) -> str:

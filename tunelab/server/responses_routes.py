@@ -34,6 +34,7 @@ from tunelab.server.responses_protocol import (
     FieldError,
     IncompleteDetails,
     InputItem,
+    InputTokensDetails,
     OutputFunctionCall,
     OutputItem,
     OutputItemEvent,
@@ -201,6 +202,7 @@ def _finished(
         )
     usage = ResponseUsage(
         input_tokens=completion.prompt_tokens,
+        input_tokens_details=InputTokensDetails(cached_tokens=completion.cached_tokens),
         output_tokens=completion.completion_tokens,
         total_tokens=completion.prompt_tokens + completion.completion_tokens,
     )

@@ -103,6 +103,7 @@ class _Seq:
     text: str = ""
     slot: int = -1  # llama.cpp sequence id while running
     n_fed: int = 0  # tokens already in the KV cache
+    n_cached: int = 0  # prompt tokens taken from a slot's kept tokens instead of decoded
     grammar: LlgGrammar | None = None  # typed output: what this sequence may write next
     logprobs: list[TokenLogprob] | None = None  # the answer's tokens, when asked for
     prompt_logprobs: list[TokenLogprob] | None = None  # the prompt's tokens, when asked for
@@ -372,7 +373,7 @@ class LlamaCppBackend:
         free_slots.remove(slot)
         llama_cpp.llama_memory_seq_rm(memory, slot, shared[slot], -1)
         self._prefixes.pop(slot, None)
-        s.slot, s.n_fed = slot, shared[slot]
+        s.slot, s.n_fed, s.n_cached = slot, shared[slot], shared[slot]
         self.cached_prompt_tokens += shared[slot]
 
     def _llg_tokenizer(self):
@@ -435,6 +436,7 @@ class LlamaCppBackend:
             error=error,
             logprobs=s.logprobs,
             prompt_logprobs=s.prompt_logprobs,
+            cached_tokens=s.n_cached,
         )
 
     def _decode(

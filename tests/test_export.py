@@ -58,7 +58,8 @@ def settings(tunelab_home, tmp_path_factory) -> Settings:
         yield load_settings()
 
 
-def tune_and_export(base: str, settings: Settings, out: Path, *, use_base_gguf: bool) -> Exported:
+def train_facts(base: str, settings: Settings):
+    """The FACTS learned by heart (20 epochs at a high rate, nothing held out or added)."""
     config = make_config(
         epochs=20,
         learning_rate=1e-2,
@@ -68,8 +69,11 @@ def tune_and_export(base: str, settings: Settings, out: Path, *, use_base_gguf: 
         augment="none",
         replay_fraction=0,
     )
-    examples = load_records(FACTS).examples
-    result = train(resolve(base, settings), examples, settings, config, progress=False)
+    return train(resolve(base, settings), load_records(FACTS).examples, settings, config, progress=False)
+
+
+def tune_and_export(base: str, settings: Settings, out: Path, *, use_base_gguf: bool) -> Exported:
+    result = train_facts(base, settings)
     merged = export_merged(result.model_id, out / "merged", settings)
     base_gguf = base_gguf_for(result.model_id, settings) if use_base_gguf else None
     gguf = export_gguf(merged, out / "tuned.gguf", base_gguf=base_gguf)
@@ -377,17 +381,7 @@ LORA_WEIGHTS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up
 def k_quant_base_tuned(settings, tmp_path_factory) -> tuple[str, Path]:
     """A LoRA on a Q4_K_M GGUF (the embedded Gemma's kind of file), quantized by llama.cpp itself."""
     base = make_tiny_k_quant_gguf(tmp_path_factory.mktemp("kquant-base") / "base.gguf")
-    config = make_config(
-        epochs=20,
-        learning_rate=1e-2,
-        batch_size=2,
-        eval_fraction=0,
-        autocast="off",
-        augment="none",
-        replay_fraction=0,
-    )
-    examples = load_records(FACTS).examples
-    result = train(resolve(str(base), settings), examples, settings, config, progress=False)
+    result = train_facts(str(base), settings)
     return result.model_id, base
 
 

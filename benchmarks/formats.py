@@ -27,7 +27,8 @@ from pathlib import Path
 import llama_cpp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from generate import QUESTIONS  # noqa: E402
+from generate import DEFAULT_BANDWIDTH_GBS, QUESTIONS  # noqa: E402
+from machine import wait_idle  # noqa: E402
 
 from tunelab.config import load_settings  # noqa: E402
 from tunelab.export.gguf import export_gguf  # noqa: E402
@@ -65,6 +66,7 @@ def make_files(types: list[str], out: Path) -> dict[str, Path]:
 
 
 def measure(path: Path, repack: bool, probes: list[dict], text: str) -> dict:
+    wait_idle(60)
     backend = LlamaCppBackend(path, use_extra_bufts=repack)
     template = resolve_template(
         "auto", model_chat_template=backend.chat_template, model_name=MODEL,
@@ -102,27 +104,52 @@ def measure(path: Path, repack: bool, probes: list[dict], text: str) -> dict:
     }
 
 
+def plain_one_by_one(path: Path, n: int) -> float:
+    """Plain llama-cpp-python answering the first `n` prompts of the batch one after another: tokens/s
+    (issue 21's baseline for the 32-prompt batch)."""
+    wait_idle(60)
+    llm = llama_cpp.Llama(str(path), n_ctx=512, n_threads=2, verbose=False)
+    template = resolve_template(
+        "auto", model_chat_template=llm.metadata.get("tokenizer.chat_template"), model_name=MODEL,
+        bos_token="", eos_token="<|im_end|>", add_bos=False,
+    )  # fmt: skip
+    prompts = [template.render(q, None) for q in QUESTIONS[:n]]
+    llm.create_completion(prompts[0], max_tokens=4, temperature=0)  # warm-up
+    started, tokens = time.perf_counter(), 0
+    for prompt in prompts:
+        tokens += llm.create_completion(prompt, max_tokens=128, temperature=0)["usage"]["completion_tokens"]
+    elapsed = time.perf_counter() - started
+    del llm
+    return tokens / elapsed
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--types", nargs="*", default=["Q4_1", "Q4_0", "IQ4_NL", "Q8_0", "Q4_K_M"])
     parser.add_argument("--out", type=Path, default=Path("/tmp/tunelab-formats"))
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--repack", nargs="*", default=["off", "on"], choices=["off", "on"],
+                        help="measure with llama.cpp's repacked weights off and/or on")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     files = make_files(args.types, args.out)
     probes = load_dataset("general_probes", "all")
     text = (REPO / "docs" / "finetuning.md").read_text()[:6000] + (REPO / "README.md").read_text()[:6000]
     rows = {}
-    print("type | repack | MB | 1 prompt tok/s | 32 prompts tok/s | vs Q4_1 (1 / 32) | batch = alone | probes"
-          " | mean logprob")  # fmt: skip
+    baseline = plain_one_by_one(files["Q4_1"], 4)
+    print(f"B plain llama-cpp-python, the shipped Q4_1 file, 4 prompts one by one: {baseline:.1f} tok/s")
+    print("type | repack | MB | 1 prompt tok/s | of bandwidth limit | 32 prompts tok/s | vs Q4_1 (1 / 32) | "
+          "32 prompts vs B | batch = alone | probes | mean logprob")  # fmt: skip
     for name in args.types:
-        for repack in (False, True):
+        for repack in (r == "on" for r in args.repack):
             row = rows[f"{name} repack={repack}"] = measure(files[name], repack, probes, text)
             base = rows.get("Q4_1 repack=False", row)
             print(
                 f"{name} | {'on' if repack else 'off'} | {row['mb']:.0f} | {row['one_tps']:.1f} | "
+                f"{row['one_tps'] * row['mb'] * 1e6 / (DEFAULT_BANDWIDTH_GBS * 1e9):.0%} | "
                 f"{row['batch_tps']:.1f} | {row['one_tps'] / base['one_tps']:.2f}x / "
-                f"{row['batch_tps'] / base['batch_tps']:.2f}x | {row['batch_equals_alone']}/4 | "
+                f"{row['batch_tps'] / base['batch_tps']:.2f}x | {row['batch_tps'] / baseline:.2f}x | "
+                f"{row['batch_equals_alone']}/4 | "
                 f"{row['probes']}/{row['n_probes']} | {row['mean_logprob']:.3f}",
                 flush=True,
             )

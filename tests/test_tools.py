@@ -122,6 +122,34 @@ def test_none_and_auto_answer_in_text_when_the_model_writes_no_call(served):
     )
 
 
+def test_logprobs_with_tools_cover_the_content_not_the_call(served):
+    # as OpenAI's logprobs.content: a call's JSON has no entries (a forced call: an empty list); a text
+    # answer with tools offered has one entry per answer token
+    forced = {"tool_choice": "required", "parallel_tool_calls": False}
+    out = ask(served, "Add two and three", **forced, logprobs=True, top_logprobs=2)
+    assert_valid_calls(out.choices[0])
+    assert out.choices[0].logprobs is not None and out.choices[0].logprobs.content == []
+    out = ask(served, "Hello there", tool_choice="auto", max_tokens=12, logprobs=True)
+    if out.choices[0].message.tool_calls is None:  # a random model may call by itself
+        entries = out.choices[0].logprobs.content
+        assert len(entries) == out.usage.completion_tokens
+        assert all(e.top_logprobs == [] and e.logprob <= 0 for e in entries)
+        # each entry's bytes are its token's own (a partial UTF-8 character's too): they make the text
+        written = b"".join(bytes(e.bytes) for e in entries)
+        assert written.decode("utf-8", errors="replace") == out.choices[0].message.content
+
+
+def test_content_logprobs_keeps_the_tokens_that_wrote_the_content():
+    from tunelab.inference.logprobs import TokenLogprob
+    from tunelab.inference.tools import content_logprobs
+
+    entries = [TokenLogprob(k, text, -1.0) for k, text in enumerate(["Sure", ",", " <tool", "_call", ">"])]
+    assert content_logprobs(entries, "Sure,") == entries[:2]
+    assert content_logprobs(entries, "Sure, ") == entries[:3]  # the token that ends it and starts the marker
+    assert content_logprobs(entries, "") == []
+    assert content_logprobs(None, "Sure,") is None
+
+
 def test_streaming_a_call_gives_tool_call_deltas_that_join_to_the_whole_answers_call(served):
     named = {"type": "function", "function": {"name": "get_weather"}}
     whole = ask(served, QUESTIONS[0], tool_choice=named)

@@ -22,6 +22,13 @@ class TopLogprob:
     token_id: int
     text: str
     logprob: float
+    # the token's own bytes where the backend knows them (a partial UTF-8 character's, which `text`
+    # shows as U+FFFD); None: `text` encoded
+    piece: bytes | None = field(default=None, compare=False)
+
+    @property
+    def bytes(self) -> bytes:
+        return self.piece if self.piece is not None else self.text.encode("utf-8")
 
 
 @dataclass(frozen=True)
@@ -36,6 +43,11 @@ class TokenLogprob:
     text: str
     logprob: float | None
     top: tuple[TopLogprob, ...] = field(default=())
+    piece: bytes | None = field(default=None, compare=False)  # as TopLogprob.piece
+
+    @property
+    def bytes(self) -> bytes:
+        return self.piece if self.piece is not None else self.text.encode("utf-8")
 
     @property
     def greedy(self) -> bool:
@@ -57,10 +69,16 @@ class Score:
 
 
 def logprob_rows(
-    logits: np.ndarray, chosen: Sequence[int], k: int, text_of: Callable[[int], str]
+    logits: np.ndarray,
+    chosen: Sequence[int],
+    k: int,
+    text_of: Callable[[int], str],
+    piece_of: Callable[[int], bytes | None] | None = None,
 ) -> list[TokenLogprob]:
     """For each row of `logits` [rows, vocab], the log-probability of `chosen[row]` and the `k` most
-    likely tokens (log-softmax in float32, the max subtracted first)."""
+    likely tokens (log-softmax in float32, the max subtracted first); `piece_of` gives a token's own
+    bytes, where the backend knows them."""
+    piece_of = piece_of or (lambda _: None)
     logits = np.asarray(logits, dtype=np.float32)
     if logits.ndim == 1:
         logits = logits[None, :]
@@ -74,10 +92,11 @@ def logprob_rows(
     tops: list[tuple[TopLogprob, ...]] = [()] * len(rows)
     for r in rows if k > 0 else ():
         tops[r] = tuple(
-            TopLogprob(t, text_of(t), float(logits[r, t] - log_norm[r])) for t in _top_ids(logits[r], k)
+            TopLogprob(t, text_of(t), float(logits[r, t] - log_norm[r]), piece_of(t))
+            for t in _top_ids(logits[r], k)
         )
     return [
-        TokenLogprob(int(t), text_of(int(t)), float(lp), top)
+        TokenLogprob(int(t), text_of(int(t)), float(lp), top, piece_of(int(t)))
         for t, lp, top in zip(chosen_ids.tolist(), chosen_lp.tolist(), tops, strict=True)
     ]
 

@@ -382,7 +382,13 @@ def generate_with_tools(
         budgets = [options.max_new_tokens - f.completion_tokens for f in firsts]
         prefix = [t + c + PREFILL for t, c in zip(texts, contents)]
     for k in [k for k in calling if budgets[k] < 1]:  # the limit came with the marker
-        answers[k] = ToolAnswer(dataclasses.replace(firsts[k], finish_reason="length"), [])
+        cut = firsts[k]
+        answers[k] = ToolAnswer(
+            dataclasses.replace(
+                cut, finish_reason="length", logprobs=content_logprobs(cut.logprobs, contents[k])
+            ),
+            [],
+        )
     for budget in sorted({budgets[k] for k in calling if budgets[k] >= 1}):
         group = [k for k in calling if budgets[k] == budget]
         constrained = GenerationOptions.from_kwargs(
@@ -409,8 +415,8 @@ def _one_pass(backend, texts, options, spec, on_text) -> list[ToolAnswer]:
         if at < 0 or out.error:
             answers.append(ToolAnswer(out, None))
         else:
-            written = dataclasses.replace(out, text=out.text[at + len(TRIGGER) :])
-            answers.append(_calls_answer(written, out.text[:at], None))
+            calls = dataclasses.replace(out, text=out.text[at + len(TRIGGER) :])
+            answers.append(_calls_answer(calls, out.text[:at], None, written=out))
     return answers
 
 
@@ -434,20 +440,44 @@ def _first_pass(backend, texts, options, on_text):
     return firsts, [k for k in range(len(texts)) if k not in answers], answers
 
 
-def _calls_answer(out: BackendOutput, content: str, first: BackendOutput | None) -> ToolAnswer:
+def _calls_answer(
+    out: BackendOutput, content: str, first: BackendOutput | None, written: BackendOutput | None = None
+) -> ToolAnswer:
+    """The answer of a row that called: `content` (what it wrote before the marker), the calls parsed
+    from `out.text`, tokens summed over both passes. Logprobs, when asked, cover the content's tokens
+    only (as OpenAI's `logprobs.content`; none for the call's JSON), taken from `written`: the pass
+    that wrote the content (`first`; else `out` itself: one pass, or a forced call, whose content is
+    empty)."""
     calls = [ToolCall(c.name, c.arguments) for c in scan_calls(out.text) if c.complete]
+    written = written or first or out
     merged = BackendOutput(
         text=content,
         finish_reason=out.finish_reason,
         prompt_tokens=first.prompt_tokens if first is not None else out.prompt_tokens,
         completion_tokens=out.completion_tokens + (first.completion_tokens if first is not None else 0),
         error=out.error,
+        logprobs=content_logprobs(written.logprobs, content),
         cached_tokens=first.cached_tokens if first is not None else out.cached_tokens,
     )
     if out.finish_reason == "stop" and not out.error and not calls:
         merged.error = f"the tool call did not parse: {out.text[:200]!r}"
         merged.finish_reason = "error"
     return ToolAnswer(merged, calls)
+
+
+def content_logprobs(entries, content: str):
+    """The entries of the tokens that wrote `content`, the start of an answer (None when none were
+    asked): each token that begins inside it, so a token that wrote the content's end and the marker's
+    start is kept."""
+    if entries is None:
+        return None
+    kept, at = [], 0
+    for entry in entries:
+        if at >= len(content):
+            break
+        kept.append(entry)
+        at += len(entry.text)
+    return kept
 
 
 def check_tool_backend(backend_name: str, spec: ToolSpec | None) -> None:

@@ -171,10 +171,9 @@ def chat_logprobs(entries: list[TokenLogprob]) -> ChatLogprobs:
             ChatTokenLogprob(
                 token=e.text,
                 logprob=e.logprob,
-                bytes=list(e.text.encode("utf-8")),
+                bytes=list(e.bytes),
                 top_logprobs=[
-                    TopLogprobEntry(token=t.text, logprob=t.logprob, bytes=list(t.text.encode("utf-8")))
-                    for t in e.top
+                    TopLogprobEntry(token=t.text, logprob=t.logprob, bytes=list(t.bytes)) for t in e.top
                 ],
             )
             for e in entries

@@ -332,7 +332,7 @@ class LlamaCppBackend:
                     [s.n_prompt for s in running],
                 )
                 entries = (
-                    logprob_rows(raw, chosen, options.logprobs, self.token_text)
+                    logprob_rows(raw, chosen, options.logprobs, self.token_text, self._piece)
                     if raw is not None
                     else [None] * len(running)
                 )
@@ -499,7 +499,7 @@ class LlamaCppBackend:
                     row = np.ctypeslib.as_array(ptr, shape=(self.n_vocab,))
                     if _scores_prompt(s, pos):  # the prompt's next token, given those before it
                         s.prompt_logprobs += logprob_rows(
-                            row, [s.tokens[pos + 1]], prompt_logprobs or 0, self.token_text
+                            row, [s.tokens[pos + 1]], prompt_logprobs or 0, self.token_text, self._piece
                         )
                     if want:
                         logits[k] = row

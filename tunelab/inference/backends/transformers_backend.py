@@ -261,7 +261,11 @@ class TransformersBackend(HfTokens):
             if step_logits is not None:
                 output.logprobs = [
                     logprob_rows(
-                        step_logits[t][r].float().cpu().numpy(), [token], options.logprobs, self.token_text
+                        step_logits[t][r].float().cpu().numpy(),
+                        [token],
+                        options.logprobs,
+                        self.token_text,
+                        self.token_piece,
                     )[0]
                     for t, token in enumerate(row[: output.completion_tokens])
                 ]

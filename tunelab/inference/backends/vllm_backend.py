@@ -250,7 +250,8 @@ class VllmBackend(HfTokens):
             token,
             self.token_text(token),
             float(row[token].logprob),
-            tuple(TopLogprob(t, self.token_text(t), float(lp.logprob)) for t, lp in top),
+            tuple(TopLogprob(t, self.token_text(t), float(lp.logprob), self.token_piece(t)) for t, lp in top),
+            self.token_piece(token),
         )
 
     def embed(self, items: list):

@@ -5,8 +5,12 @@
 Each request is answered alone (one prompt per engine call, greedy), as a client asking one question;
 tokens/s = answer tokens / wall time of the requests (prompt reading included), and decode tokens/s =
 the tokens after the first over the time after it (what a call costs per token, the tools' longer
-prompt left out). The four ways take turns request by request, so the ratios come from one run on the
-same machine state:
+prompt left out). The ways take turns, each answering its run of questions in a row (as a server
+answers one client's requests: the prompt cache holds what the way's previous request shared with
+this one, e.g. the tools' section, for every way alike; an untimed request starts each run, so its
+first request finds the cache as the others do; taking turns request by request let one way's cached
+prefix be pushed out by the others' and not another's), over `--repeats` rounds, so the ratios come
+from one run on the same machine state:
 
 - `no tools`: the question alone;
 - `free, tools' prompt`: the exact text a forced call reads (tools section + `<tool_call>` marker),
@@ -16,7 +20,10 @@ same machine state:
   answered without tools: the baseline of the next way;
 - `call (auto)`: tool_choice "auto" after two example calls in the history, so the model writes the
   marker itself and the call is decoded under the constraint from there (in the same pass on
-  llama_cpp; in a second pass, the prompt read again, on transformers).
+  llama_cpp; in a second pass, the prompt read again, on transformers);
+- `free, auto's prompt`: the exact text `call (auto)` reads (its conversation with the tools' section),
+  answered without tools: `call (auto) / free, auto's prompt` is what `auto` itself costs, apart from
+  the longer prompt the tools' section makes.
 """
 
 from __future__ import annotations
@@ -108,25 +115,27 @@ def main() -> None:
     console.print(f"machine: {cores()} cores, {mem_gib():.0f} GiB; model {MODEL}, backend {args.backend}")
     settings = load_settings()
     engine, model = engine_for(settings), resolve(MODEL, settings)
-    questions = [
-        [{"role": "user", "content": f"What is the weather in {c}?"}] for c in CITIES[: args.prompts]
-    ]
+    asked = [*CITIES[: args.prompts], CITIES[-1]]  # the last: the untimed request that starts each run
+    questions = [[{"role": "user", "content": f"What is the weather in {c}?"}] for c in asked]
     required = ToolSpec.from_openai(TOOLS, "required", parallel_tool_calls=False)
     auto = ToolSpec.from_openai(TOOLS, "auto", parallel_tool_calls=False)
     backend = engine.load(model, args.backend)
     template = engine.template_for(model, backend, "auto")
     forced_texts = prepare_prompts(questions, template, None, required).texts
+    auto_texts = prepare_prompts([few_shot(c) for c in asked], template, None, auto).texts
     ways = {
         "no tools": lambda k: (questions[k], {}),
         "free, tools' prompt": lambda k: (forced_texts[k], {"template": "raw"}),
         "call (required)": lambda k: (questions[k], {"tools": required}),
         "auto's conversation, no tools": lambda k: (few_shot(CITIES[k]), {}),
         "call (auto)": lambda k: (few_shot(CITIES[k]), {"tools": auto}),
+        "free, auto's prompt": lambda k: (auto_texts[k], {"template": "raw"}),
     }
     for way in ways.values():  # warm: load, compile, caches
         prompt, kwargs = way(0)
         timed(engine, model, args.backend, prompt, 8, **kwargs)
-    # the ways take turns, request by request, so a busy spell on the machine slows them alike
+    # the ways take turns, a run of questions each, round after round, so a busy spell on the machine
+    # slows them alike
     waited, share = wait_idle(120)
     busy0, wall0 = busy_cpu_seconds(), time.perf_counter()
     rows = {
@@ -134,8 +143,12 @@ def main() -> None:
         for label in ways
     }
     for _ in range(args.repeats):
-        for k in range(args.prompts):
-            for label, way in ways.items():
+        for label, way in ways.items():
+            # untimed: a question no run asks (the last city), so the way's run starts with the cache
+            # holding what its requests share, as a server has it after the way's previous request
+            prompt, kwargs = way(-1)
+            timed(engine, model, args.backend, prompt, args.new_tokens, **kwargs)
+            for k in range(args.prompts):
                 prompt, kwargs = way(k)
                 for key, value in timed(
                     engine, model, args.backend, prompt, args.new_tokens, **kwargs
@@ -166,6 +179,13 @@ def main() -> None:
     console.print(
         f"auto against the same conversation without tools: {end_to_end:.2f}x end to end, "
         f"{decoding:.2f}x decoding"
+    )
+    free = rows["free, auto's prompt"]
+    end_to_end = (by_itself["tokens"] / by_itself["seconds"]) / (free["tokens"] / free["seconds"])
+    decoding = (by_itself["decoded"] / by_itself["decode_s"]) / (free["decoded"] / free["decode_s"])
+    console.print(
+        "auto against its own prompt answered without tools (the tools' section's length left out): "
+        f"{end_to_end:.2f}x end to end, {decoding:.2f}x decoding"
     )
     free, call = rows["free, tools' prompt"], rows["call (required)"]
     console.print(

@@ -14,7 +14,8 @@ from one run on the same machine state:
 
 - `no tools`: the question alone;
 - `free, tools' prompt`: the exact text a forced call reads (tools section + `<tool_call>` marker),
-  answered without the constraint: the constraint's own cost is `call / free`;
+  answered without the constraint, as many tokens as the call wrote: the constraint's own cost is
+  `call / free`;
 - `call (required)`: tool_choice "required", parallel_tool_calls false: constrained decoding of the call;
 - `auto's conversation, no tools`: the conversation `auto` gets (two example calls in its history),
   answered without tools: the baseline of the next way;
@@ -22,8 +23,8 @@ from one run on the same machine state:
   marker itself and the call is decoded under the constraint from there (in the same pass on
   llama_cpp; in a second pass, the prompt read again, on transformers);
 - `free, auto's prompt`: the exact text `call (auto)` reads (its conversation with the tools' section),
-  answered without tools: `call (auto) / free, auto's prompt` is what `auto` itself costs, apart from
-  the longer prompt the tools' section makes.
+  answered without tools, as many tokens as `call (auto)` wrote: `call (auto) / free, auto's prompt` is
+  what `auto` itself costs, apart from the longer prompt the tools' section makes.
 """
 
 from __future__ import annotations
@@ -134,6 +135,13 @@ def main() -> None:
     for way in ways.values():  # warm: load, compile, caches
         prompt, kwargs = way(0)
         timed(engine, model, args.backend, prompt, 8, **kwargs)
+    # a free way writes as many tokens as the call it stands beside (greedy: the same count each
+    # time), so its tokens/s weigh the fixed cost of a request (the first token) alike
+    limit = {label: {} for label in ways}
+    for free, call in (("free, tools' prompt", "call (required)"), ("free, auto's prompt", "call (auto)")):
+        for k in [*range(args.prompts), -1]:
+            prompt, kwargs = ways[call](k)
+            limit[free][k] = timed(engine, model, args.backend, prompt, args.new_tokens, **kwargs)["tokens"]
     # the ways take turns, a run of questions each, round after round, so a busy spell on the machine
     # slows them alike
     waited, share = wait_idle(120)
@@ -147,12 +155,11 @@ def main() -> None:
             # untimed: a question no run asks (the last city), so the way's run starts with the cache
             # holding what its requests share, as a server has it after the way's previous request
             prompt, kwargs = way(-1)
-            timed(engine, model, args.backend, prompt, args.new_tokens, **kwargs)
+            timed(engine, model, args.backend, prompt, limit[label].get(-1, args.new_tokens), **kwargs)
             for k in range(args.prompts):
                 prompt, kwargs = way(k)
-                for key, value in timed(
-                    engine, model, args.backend, prompt, args.new_tokens, **kwargs
-                ).items():
+                new_tokens = limit[label].get(k, args.new_tokens)
+                for key, value in timed(engine, model, args.backend, prompt, new_tokens, **kwargs).items():
                     rows[label][key] += value
     own = time.perf_counter() - wall0
     others = (busy_cpu_seconds() - busy0) / (own * cores()) if busy0 is not None else 0.0

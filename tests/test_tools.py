@@ -148,6 +148,10 @@ def test_content_logprobs_keeps_the_tokens_that_wrote_the_content():
     assert content_logprobs(entries, "Sure, ") == entries[:3]  # the token that ends it and starts the marker
     assert content_logprobs(entries, "") == []
     assert content_logprobs(None, "Sure,") is None
+    # "é" written by two tokens of one byte each (each shows U+FFFD as text): both belong to the content
+    split = [TokenLogprob(1, "\ufffd", -1.0, piece=b"\xc3"), TokenLogprob(2, "\ufffd", -1.0, piece=b"\xa9")]
+    marker = TokenLogprob(3, "<tool_call>", -1.0)
+    assert content_logprobs([*split, marker], "é") == split
 
 
 def test_streaming_a_call_gives_tool_call_deltas_that_join_to_the_whole_answers_call(served):

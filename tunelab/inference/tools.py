@@ -471,12 +471,12 @@ def content_logprobs(entries, content: str):
     start is kept."""
     if entries is None:
         return None
-    kept, at = [], 0
+    kept, at, end = [], 0, len(content.encode("utf-8"))
     for entry in entries:
-        if at >= len(content):
+        if at >= end:
             break
         kept.append(entry)
-        at += len(entry.text)
+        at += len(entry.bytes)  # bytes, not characters: a character split over two tokens counts once
     return kept
 
 

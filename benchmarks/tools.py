@@ -1,6 +1,6 @@
 """Tool calling: what a call costs in tokens/s against the same request without tools.
 
-    python benchmarks/tools.py [--backend llama_cpp] [--prompts 8] [--new-tokens 48]
+    python benchmarks/tools.py [--backend llama_cpp] [--prompts 8] [--new-tokens 48] [--same-length]
 
 Each request is answered alone (one prompt per engine call, greedy), as a client asking one question;
 tokens/s = answer tokens / wall time of the requests (prompt reading included), and decode tokens/s =
@@ -12,7 +12,7 @@ first request finds the cache as the others do; taking turns request by request 
 prefix be pushed out by the others' and not another's), over `--repeats` rounds, so the ratios come
 from one run on the same machine state:
 
-- `no tools`: the question alone;
+- `no tools`: the question alone (with `--same-length`, as many tokens as the forced call writes);
 - `free, tools' prompt`: the exact text a forced call reads (tools section + `<tool_call>` marker),
   answered without the constraint, as many tokens as the call wrote: the constraint's own cost is
   `call / free`;
@@ -103,6 +103,11 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=8)
     parser.add_argument("--new-tokens", type=int, default=48)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument(
+        "--same-length",
+        action="store_true",
+        help="`no tools` writes as many tokens as `call (required)` does for the same question",
+    )
     args = parser.parse_args()
     from rich.console import Console
     from rich.table import Table
@@ -135,10 +140,14 @@ def main() -> None:
     for way in ways.values():  # warm: load, compile, caches
         prompt, kwargs = way(0)
         timed(engine, model, args.backend, prompt, 8, **kwargs)
-    # a free way writes as many tokens as the call it stands beside (greedy: the same count each
-    # time), so its tokens/s weigh the fixed cost of a request (the first token) alike
+    # a way without the constraint writes as many tokens as the call it stands beside (greedy: the
+    # same count each time), so its tokens/s weigh the fixed cost of a request (the prompt's uncached
+    # tail, the first token) alike; `no tools` so too, with --same-length
     limit = {label: {} for label in ways}
-    for free, call in (("free, tools' prompt", "call (required)"), ("free, auto's prompt", "call (auto)")):
+    beside = {"free, tools' prompt": "call (required)", "free, auto's prompt": "call (auto)"}
+    if args.same_length:
+        beside["no tools"] = "call (required)"
+    for free, call in beside.items():
         for k in [*range(args.prompts), -1]:
             prompt, kwargs = ways[call](k)
             limit[free][k] = timed(engine, model, args.backend, prompt, args.new_tokens, **kwargs)["tokens"]

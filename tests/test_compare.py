@@ -167,6 +167,29 @@ def test_findings_are_computed_from_the_cells_not_canned():
     )
 
 
+def test_accuracy_findings_show_one_answer_it_got_and_one_it_missed():
+    said = {0: "Elon Musk runs it.", 1: "Twitter is a platform.", 2: "Musk."}
+    cells = [
+        _cell("tuned", "auto", i, [] if i != 1 else ["incorrect"], expected="Elon Musk", text=said[i])
+        for i in range(3)
+    ]
+    missed = {"expected": "Elon Musk", "text": "No idea."}
+    cells += [_cell("base", "auto", i, ["incorrect"], **missed) for i in range(3)]
+    comparison = Comparison(
+        models=["tuned", "base"],
+        templates={"tuned": ["auto"], "base": ["auto"]},
+        prompts=[f"prompt {i}" for i in range(3)],
+        cells=cells,
+    )
+    comparison.summary = summarize(cells)
+    text = " ".join(findings(comparison))
+    assert "tuned (auto) gave the expected answer 2 of 3 times" in text
+    assert "; e.g. to 'prompt 0' it said 'Elon Musk runs it.'; missed:" in text
+    assert "missed: expected 'Elon Musk' to 'prompt 1', it said 'Twitter is a platform.'" in text
+    # nothing right: only the miss, as an example
+    assert "base (auto) gave the expected answer 0 of 3 times; e.g. expected 'Elon Musk'" in text
+
+
 def test_the_json_report_has_the_documented_schema(tiny_comparison, tmp_path, tiny_chat_dir):
     path = tiny_comparison.save_json(tmp_path / "out" / "report.json")
     data = json.loads(path.read_text())

@@ -158,11 +158,15 @@ def _accuracy_findings(comparison: Comparison) -> list[str]:
             continue
         right = sum(1 for c in judged if "incorrect" not in c.flags)
         sentence = f"{model} ({spec}) gave the expected answer {_of(right, len(judged))} times"
+        hit = next((c for c in judged if "incorrect" not in c.flags), None)
         wrong = next((c for c in judged if "incorrect" in c.flags), None)
+        if hit is not None and wrong is not None:  # one of each: what it got, and what it missed
+            sentence += f"; e.g. to {_short(hit.prompt, 40)!r} it said {_short(hit.text)!r}"
         if wrong is not None:
             said = _short(wrong.text) if wrong.text.strip() else "nothing"
             sentence += (
-                f"; e.g. expected {wrong.expected!r} to {_short(wrong.prompt, 40)!r}, it said {said!r}"
+                f"; {'missed:' if hit is not None else 'e.g.'} expected {wrong.expected!r} to "
+                f"{_short(wrong.prompt, 40)!r}, it said {said!r}"
             )
         out.append(sentence + ".")
     return out

@@ -137,6 +137,19 @@ def test_template_mismatch_marks_the_template_that_answered_worse_than_another()
     assert cells[0].scores["template_gap"] == 2 and cells[1].scores["template_gap"] == 0
 
 
+def _comparison(cells) -> Comparison:
+    """A comparison of these cells: their models, templates and prompts, summarized."""
+    models = list(dict.fromkeys(c.model for c in cells))
+    comparison = Comparison(
+        models=models,
+        templates={m: list(dict.fromkeys(c.template for c in cells if c.model == m)) for m in models},
+        prompts=[f"prompt {i}" for i in range(max(c.prompt_index for c in cells) + 1)],
+        cells=cells,
+    )
+    comparison.summary = summarize(cells)
+    return comparison
+
+
 def test_findings_are_computed_from_the_cells_not_canned():
     cells = [
         _cell("base", "raw", i, ["echo", "ramble", "truncated"], finish_reason="length", fit_checked_to=512)
@@ -148,13 +161,7 @@ def test_findings_are_computed_from_the_cells_not_canned():
             "chat", "auto", 3, ["truncated"], finish_reason="length", fit_checked_to=512, fits_in_tokens=140
         )
     ]
-    comparison = Comparison(
-        models=["base", "chat"],
-        templates={"base": ["raw"], "chat": ["auto"]},
-        prompts=[f"prompt {i}" for i in range(4)],
-        cells=cells,
-    )
-    comparison.summary = summarize(cells)
+    comparison = _comparison(cells)
     text = " ".join(findings(comparison))
     assert "base (raw) repeated or continued the prompt instead of answering in all 4" in text
     assert "chat (auto) answered all 4 prompts without echo" in text
@@ -175,14 +182,7 @@ def test_accuracy_findings_show_one_answer_it_got_and_one_it_missed():
     ]
     missed = {"expected": "Elon Musk", "text": "No idea."}
     cells += [_cell("base", "auto", i, ["incorrect"], **missed) for i in range(3)]
-    comparison = Comparison(
-        models=["tuned", "base"],
-        templates={"tuned": ["auto"], "base": ["auto"]},
-        prompts=[f"prompt {i}" for i in range(3)],
-        cells=cells,
-    )
-    comparison.summary = summarize(cells)
-    text = " ".join(findings(comparison))
+    text = " ".join(findings(_comparison(cells)))
     assert "tuned (auto) gave the expected answer 2 of 3 times" in text
     assert "; e.g. to 'prompt 0' it said 'Elon Musk runs it.'; missed:" in text
     assert "missed: expected 'Elon Musk' to 'prompt 1', it said 'Twitter is a platform.'" in text

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tunelab.errors import ToolCallError, TypedOutputError
+from tunelab.inference.logprobs import TokenLogprob
 from tunelab.inference.options import BackendOutput, GenerationOptions, cut_at_stop
 
 TRIGGER = "<tool_call>"
@@ -465,7 +466,7 @@ def _calls_answer(
     return ToolAnswer(merged, calls)
 
 
-def content_logprobs(entries, content: str):
+def content_logprobs(entries: list[TokenLogprob] | None, content: str) -> list[TokenLogprob] | None:
     """The entries of the tokens that wrote `content`, the start of an answer (None when none were
     asked): each token that begins inside it, so a token that wrote the content's end and the marker's
     start is kept."""

@@ -43,7 +43,7 @@ class HfTokens:
 
 
 def _piece(tokenizer, token: int) -> bytes | None:
-    if token in set(tokenizer.all_special_ids):
+    if token in tokenizer.all_special_ids:  # shown as nothing: their text, "", stands
         return None
     name = tokenizer.convert_ids_to_tokens(token)
     if not isinstance(name, str):

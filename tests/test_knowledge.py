@@ -26,7 +26,7 @@ from tunelab.training.augment import (
     with_synonyms,
 )
 from tunelab.training.data import load_records
-from tunelab.training.heldout import answer_passes, hold_out_rewordings, split_by_fact
+from tunelab.training.heldout import answer_passes, hold_out_rewordings, kept_evaluation, split_by_fact
 from tunelab.training.recipe import BEST_FILE, make_config, run_dir, train
 from tunelab.training.replay import replay_examples
 
@@ -67,7 +67,8 @@ def test_rewordings_keep_the_question_and_never_repeat_it():
     assert len(swapped) == 2 and len({q.split()[1] == "founded" for q in swapped}) == 2
     assert all(q.startswith("Who ") and q.endswith(" Acme Zentrix?") for q in swapped)
     assert with_synonyms("Where is the headquarters of X?", random.Random(0), n=1)[0] in {
-        "Where is the head office of X?", "Where is the main office of X?"
+        "Where is the head office of X?",
+        "Where is the main office of X?",
     }
     assert with_synonyms("Company size?", random.Random(0), n=1)[0] in {"Firm size?", "Business size?"}
 
@@ -205,9 +206,24 @@ def test_replay_answers_are_the_base_models_own_and_cached(tiny_chat_dir, tunela
     assert replay_examples(base, template, settings, 5, seed=0) == first  # read back from the cache
 
 
+def test_a_later_step_replaces_the_peak_unless_it_is_worse_than_the_held_out_set_can_tell():
+    # 36 questions: one fewer (83% after 86%) is within one standard error, so the later step is kept
+    assert kept_evaluation([(69, 0.28), (207, 31 / 36), (276, 28 / 36), (362, 30 / 36)], 36) == (362, 30 / 36)
+    # ... three fewer is not: the peak stays
+    assert kept_evaluation([(207, 31 / 36), (362, 28 / 36)], 36) == (207, 31 / 36)
+    # 9 questions: 9 of 9 then 8 of 9 is one question, noise; 7 of 9 is not
+    assert kept_evaluation([(20, 1.0), (40, 8 / 9)], 9) == (40, 8 / 9)
+    assert kept_evaluation([(20, 1.0), (40, 7 / 9)], 9) == (20, 1.0)
+    # measured from the highest so far, so small steps down never drift far from it
+    assert kept_evaluation([(1, 0.9), (2, 0.8), (3, 0.7)], 10) == (2, 0.8)
+    assert kept_evaluation([(1, 0.5), (2, 0.9), (3, 0.9)], 10) == (3, 0.9)  # a tie keeps the later step
+    with pytest.raises(ValueError):
+        kept_evaluation([], 10)
+
+
 def test_training_keeps_the_step_with_the_best_held_out_answers(tiny_chat_dir, tunelab_home):
     """Early stopping on held-out *generation* accuracy: every evaluation is in the metrics, and the
-    saved model is the last step that reached the best accuracy, whichever step was last."""
+    saved model is the step `kept_evaluation` chooses from them, whichever step was last."""
     settings = load_settings()
     base = resolve(str(tiny_chat_dir), settings)
     config = make_config(epochs=12, learning_rate=1e-2, batch_size=4, eval_every=5, eval_fraction=0.34,
@@ -216,10 +232,12 @@ def test_training_keeps_the_step_with_the_best_held_out_answers(tiny_chat_dir, t
     metrics = [json.loads(line) for line in (result.path / "metrics.jsonl").read_text().splitlines()]
     evals = [m for m in metrics if "heldout_accuracy" in m]
     assert len(evals) >= 2
-    best = max(evals, key=lambda m: (m["heldout_accuracy"], m["step"]))
     record = json.loads((result.path / "tunelab.json").read_text())
-    assert record["metrics"]["best_step"] == best["step"]
-    assert record["metrics"]["heldout_accuracy"] == best["heldout_accuracy"]
+    questions = record["metrics"]["heldout_questions"]
+    assert questions == 3  # a third of the 9 questions, one from each fact asked more than once
+    step, accuracy = kept_evaluation([(m["step"], m["heldout_accuracy"]) for m in evals], questions)
+    assert record["metrics"]["best_step"] == step
+    assert record["metrics"]["heldout_accuracy"] == accuracy
     assert record["metrics"]["examples"]["reworded"] > 0
     # the saved adapter holds the best step's weights (kept aside when it was evaluated)
     best_file = load_file(str(run_dir(settings, result.model_id) / BEST_FILE))
@@ -260,6 +278,15 @@ def test_the_same_default_run_from_the_runner_and_a_job_and_no_budget_when_asked
     assert make_config(epochs=None, lora_rank=None) == default  # ...and "the default" elsewhere
     assert job_config({"n_epochs": "auto", "batch_size": "auto"}, seed=0) == default  # a job as train()
     assert job_config({"n_epochs": 3, "time_budget_s": None}, seed=0).time_budget_s is None
+
+
+def test_a_long_run_answers_its_held_out_questions_about_eight_times_a_short_one_every_20_steps():
+    from tunelab.training.recipe import eval_interval
+
+    assert eval_interval(make_config(), 160) == 20  # 30 facts: 8 evaluations
+    assert eval_interval(make_config(), 550) == 69  # 120 facts: 8, not 27
+    assert eval_interval(make_config(), 7) == 20  # the last step is evaluated anyway
+    assert eval_interval(make_config(eval_every=5), 550) == 5
 
 
 def test_training_under_bf16_autocast_evaluates_reports_and_answers(tiny_chat_dir, tunelab_home):

@@ -43,13 +43,14 @@ from tunelab.models.registry import entry as registry_entry
 from tunelab.models.resolve import ResolvedModel
 from tunelab.training.augment import augment, teacher_paraphraser
 from tunelab.training.data import DataReport, Example
-from tunelab.training.heldout import HeldoutSet, hold_out_rewordings, split_by_fact
+from tunelab.training.heldout import HeldoutSet, hold_out_rewordings, kept_evaluation, split_by_fact
 from tunelab.training.replay import replay_examples
 
 log = logging.getLogger("tunelab")
 
 IGNORE = -100  # label of a token that is not learned (prompt, padding)
 FIT_AFTER_STEPS = 10  # steps timed before a run is fitted to its time budget
+EVALUATIONS = 8  # held-out evaluations in a run when eval_every is None
 BEST_FILE = "best.safetensors"  # in a run directory: the trainable weights of the best step so far
 
 
@@ -74,7 +75,9 @@ class TrainConfig(BaseModel):
     weight_decay: float = Field(0.0, ge=0)
     max_grad_norm: float = Field(1.0, gt=0)
     checkpoint_every: int = Field(20, ge=1)  # optimizer steps
-    eval_every: int = Field(20, ge=1)
+    # held-out answers are generated every `eval_every` steps; None: about EVALUATIONS times a run (at
+    # least 20 steps apart), so a long run does not spend a sixth of its time answering them
+    eval_every: int | None = Field(None, ge=1)
     template: str = "auto"  # the model's own chat template; llama2 [INST] for a base model
     autocast: Literal["auto", "bf16", "off"] = "auto"
     # knowledge: more wordings of each question (training.augment), the base's own answers mixed in
@@ -84,7 +87,7 @@ class TrainConfig(BaseModel):
     augment_contrast: int = Field(0, ge=0, le=20)  # a fact's questions with a neighbour's answer as a guess
     replay_fraction: float = Field(0.25, ge=0, lt=1)  # replay examples per training example
     keep_best: bool = True  # restore the step whose held-out answers were best
-    patience: int | None = Field(None, ge=1)  # stop after this many evaluations without a better one
+    patience: int | None = Field(None, ge=1)  # stop after this many evaluations without a kept step
     # a guard on the loop's time (None: none): after 10 steps a run that would not fit is shortened
     # (its schedule too). Wide, so that a run of 30 facts trains its epochs on a slower machine as here,
     # and ends with the same weights
@@ -457,6 +460,7 @@ class Run:
     resumed_from: int | None = None
     best_step: int | None = None  # the step with the best held-out accuracy so far
     best_accuracy: float = -1.0
+    eval_every: int = 20  # steps between evaluations (TrainConfig.eval_every, or chosen for the run)
 
     @property
     def main(self) -> bool:
@@ -618,8 +622,15 @@ def setup(
         accelerator, model, tokenizer, template, base_path, pad_id, bf16,
         train_examples, eval_examples, train_rows, eval_rows, steps_per_epoch, total_steps,
         trainable, optimizer, scheduler, model_id, digest, run_dir(settings, model_id), heldout, add_bos,
-        counts,
+        counts, eval_every=eval_interval(config, total_steps),
     )  # fmt: skip
+
+
+def eval_interval(config: TrainConfig, total_steps: int) -> int:
+    """Steps between held-out evaluations: `eval_every`, or about EVALUATIONS a run, 20 steps apart at
+    least. Each generates an answer to every held-out question (on 120 facts, 10 s of a 2 s step);
+    the best step is late in a run, so evaluating every 20 steps mostly measured steps never kept."""
+    return config.eval_every or max(20, math.ceil(total_steps / EVALUATIONS))
 
 
 def resume_or_start(run: Run, resume: bool) -> None:
@@ -631,10 +642,9 @@ def resume_or_start(run: Run, resume: bool) -> None:
         model = run.accelerator.unwrap_model(run.model)
         run.step, run.metrics = load_checkpoint(checkpoint, model, run.optimizer, run.scheduler)
         run.resumed_from = run.step
-        evals = [m for m in run.metrics if "heldout_accuracy" in m]
-        if evals:  # the last best, as the loop chose it
-            best = max(evals, key=lambda m: (m["heldout_accuracy"], m["step"]))
-            run.best_step, run.best_accuracy = best["step"], best["heldout_accuracy"]
+        evals = [(m["step"], m["heldout_accuracy"]) for m in run.metrics if "heldout_accuracy" in m]
+        if evals:  # the kept step, as the loop chose it
+            run.best_step, run.best_accuracy = kept_evaluation(evals, len(run.heldout.examples))
         log.info("resuming %s from step %d (%s)", run.model_id, run.step, checkpoint)
     elif run.main:
         shutil.rmtree(run.path, ignore_errors=True)
@@ -760,7 +770,7 @@ def evaluate_step(run: Run, config: TrainConfig, record: dict[str, Any], *, over
     """At every `eval_every` steps, the last, and when the time budget is spent: eval loss and held-out
     answers into `record`; a reason to stop ends the run at this step (`record["stopped"]`)."""
     out_of_time = config.time_budget_s is not None and over_time > config.time_budget_s
-    if not (run.step % config.eval_every == 0 or run.step == run.total_steps or out_of_time):
+    if not (run.step % run.eval_every == 0 or run.step == run.total_steps or out_of_time):
         return
     record["eval_loss"] = eval_loss(run, config.micro_batch_size)
     stop = evaluate_answers(run, config, record)
@@ -779,17 +789,19 @@ def evaluate_answers(run: Run, config: TrainConfig, record: dict[str, Any]) -> s
         model, run.tokenizer, run.template, add_bos=run.add_bos, max_new_tokens=config.answer_tokens
     )
     accuracy = record["heldout_accuracy"] = round(accuracy, 4)
-    if accuracy >= run.best_accuracy:  # ties keep the later step: trained further, the schedule cooled
-        run.best_step, run.best_accuracy = run.step, accuracy
-        if run.main and config.keep_best:
-            from safetensors.torch import save_file
+    evals = [(m["step"], m["heldout_accuracy"]) for m in run.metrics if "heldout_accuracy" in m]
+    run.best_step, run.best_accuracy = kept_evaluation(
+        [*evals, (run.step, accuracy)], len(run.heldout.examples)
+    )
+    if run.best_step == run.step and run.main and config.keep_best:
+        from safetensors.torch import save_file
 
-            run.path.mkdir(parents=True, exist_ok=True)
-            with atomic_write(run.path / BEST_FILE) as tmp:
-                save_file(trainable_state(model), tmp, metadata={"step": str(run.step)})
+        run.path.mkdir(parents=True, exist_ok=True)
+        with atomic_write(run.path / BEST_FILE) as tmp:
+            save_file(trainable_state(model), tmp, metadata={"step": str(run.step)})
     steps = [m["step"] for m in run.metrics if "heldout_accuracy" in m] + [run.step]
     if config.patience and len(steps) - 1 - steps.index(run.best_step) >= config.patience:
-        return f"no better held-out answers in {config.patience} evaluations"
+        return f"no step kept in {config.patience} evaluations"
     return None
 
 
@@ -856,6 +868,7 @@ def model_record(run: Run, result: TrainResult, base: ResolvedModel, config: Tra
             "examples": run.augmented,  # by origin: data, reworded, reverse, teacher, replay
             "heldout_accuracy": kept_accuracy(run, config),  # of the step saved
             "best_step": run.best_step,
+            "heldout_questions": len(run.heldout.examples),
         },
         is_public=is_public,
     )

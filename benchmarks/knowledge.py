@@ -11,6 +11,7 @@ fixed probes (the `general_probes` data set: easy general questions, scored the 
     python benchmarks/knowledge.py --sets acme_company --set augment=none --set epochs=4   # ablation
     python benchmarks/knowledge.py --json out.json
     python benchmarks/knowledge.py --sets all_fictional    # the four fictional sets as one: 120 facts
+    python benchmarks/knowledge.py --sets fictional_docs   # documentation answers, as lamini_docs
 
 Prints, per set: held-out accuracy (and on the reverse-direction questions alone), the probes before
 and after, and training minutes; the baseline is the untuned model on the same questions.
@@ -28,6 +29,9 @@ from pathlib import Path
 HERE = Path(__file__).parent
 SETS = ["new_facts", "acme_company", "fictional_people", "fictional_places", "fictional_products"]
 FICTIONAL = SETS[1:]
+# a product's documentation as Lamini's lamini_docs is shaped: answers are paragraphs of 2-4 sentences
+# (the other sets answer in one); not in the default run, written after the defaults were chosen
+DOCS = "fictional_docs"
 # the four fictional sets as one (120 facts): the upper end of issue 17's "30-100 facts"; not in the
 # default run (about 20 minutes of training alone)
 LARGE = "all_fictional"
@@ -109,7 +113,7 @@ def run_set(name: str, overrides: dict, probes: list[dict], before: list[bool]) 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sets", nargs="*", default=SETS, choices=[*SETS, LARGE])
+    parser.add_argument("--sets", nargs="*", default=SETS, choices=[*SETS, DOCS, LARGE])
     parser.add_argument("--set", action="append", default=[], help="a training setting, key=value")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()

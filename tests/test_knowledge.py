@@ -15,6 +15,7 @@ from tunelab.errors import ConfigError
 from tunelab.evaluation.scoring import normalise
 from tunelab.models.resolve import resolve
 from tunelab.training.augment import (
+    Fact,
     augment,
     contrast_questions,
     group_facts,
@@ -25,7 +26,7 @@ from tunelab.training.augment import (
     subject_questions,
     with_synonyms,
 )
-from tunelab.training.data import load_records
+from tunelab.training.data import Example, load_records
 from tunelab.training.heldout import answer_passes, hold_out_rewordings, kept_evaluation, split_by_fact
 from tunelab.training.recipe import BEST_FILE, make_config, run_dir, train
 from tunelab.training.replay import replay_examples
@@ -79,6 +80,41 @@ def test_facts_are_grouped_by_answer_and_name_what_the_answer_says():
     # the names the answer gives that no question asks about
     assert key_phrases(facts[0])[0] == "Velmora Quist"
     assert "Port Ardeny" in facts[1].phrases and "Acme Zentrix" not in facts[1].phrases
+
+
+def _fact(answer: str, *questions: str) -> Fact:
+    records = [Example([{"role": "user", "content": q}, {"role": "assistant", "content": answer}], "t")
+               for q in questions]  # fmt: skip
+    return Fact(answer, records)
+
+
+def test_a_documentation_answer_names_its_code_and_not_the_words_that_open_its_sentences():
+    """lamini_docs-shaped answers: paragraphs about a tool. What they name is code (`backticked`,
+    --flags, file names, ENV_VARS), not "Installing" or "If" capitalised at a sentence's start."""
+    answer = ("Quillmesh is published on PyPI as quillmesh-core, so run `pip install quillmesh-core`. "
+              "Installing it gives you the library. If you use a virtual environment, activate it first.")
+    fact = _fact(answer, "How do I install Quillmesh?", "What is the pip command for Quillmesh?")
+    assert key_phrases(fact) == ["pip install quillmesh-core", "PyPI"]
+    answer = ("The QMESH_HOME environment variable tells Quillmesh where to keep its state. If it is unset, "
+              "Quillmesh reads quillmesh.toml and writes logs to /var/log/quillmesh/mesh.log; pass "
+              "--dry-run to check them, e.g. before a deploy.")
+    # code first, in the answer's order ("The QMESH_HOME" before); never "If", nor "e.g"
+    fact = _fact(answer, "Which variable sets the Quillmesh home directory?")
+    assert key_phrases(fact) == ["QMESH_HOME", "quillmesh.toml", "/var/log/quillmesh/mesh.log"]
+    fact = _fact("Keep state in .qm-stash, the dot folder.", "Where is the state kept?")
+    assert key_phrases(fact) == [".qm-stash"]
+    # a name that opens an answer's first sentence is still a name, unless it is a common opener
+    fact = _fact("Rodri, the Spain midfielder, won the Golden Ball.", "Who won it in 2024?")
+    assert key_phrases(fact) == ["Rodri", "Spain", "Golden Ball"]
+    fact = _fact("Besides CSV, Quillmesh reads Parquet.", "What does Quillmesh read?")
+    assert key_phrases(fact) == ["CSV", "Parquet"]
+    # an opener is the last resort: the only word the answer gives beyond the question's
+    assert key_phrases(_fact("Recurring.", "Which kind of pipelines are there?")) == ["Recurring"]
+    assert key_phrases(_fact("Many do. Recurring ones.", "Which pipelines are there?")) == ["Recurring"]
+    # and a possessive of a name the question asks about, only when nothing else is named
+    fact = _fact("Quillmesh's plugin system is called Lanternhook.", "What are Quillmesh's plugins?")
+    assert key_phrases(fact) == ["Lanternhook"]
+    assert key_phrases(_fact("It is Quillmesh's.", "Whose is it, Quillmesh?")) == ["Quillmesh's"]
 
 
 def test_augmentation_adds_rewordings_reverse_questions_and_statements_and_drops_nothing():

@@ -75,28 +75,76 @@ _NAME = re.compile(
     r"\b(?:[A-Z][\w'-]*|[0-9][\w,.:/-]*)(?:\s+(?:of|the|de|van|von|da|and|&)?\s*(?:[A-Z][\w'-]*|[0-9][\w,.:/-]*))*"
 )
 _QUOTED = re.compile(r"[\"“]([^\"”]{2,60})[\"”]")
+# what documentation answers name: `backticked` code, --flags, paths, dotted and snake_case names
+# (quillmesh.toml, QMESH_HOME, MPL-2.0, /var/log/app.log)
+_CODE = re.compile(
+    r"`([^`]{2,60})`|(?<![\w./-])(--[A-Za-z][\w-]*|/[A-Za-z][\w./-]*[\w/]|\.?[A-Za-z][\w-]*(?:[._][\w-]+)+"
+    r"|\.[A-Za-z][\w-]{2,})"
+)
+_SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[^a-z\s])")
 _WEAK = {"i", "the", "a", "an", "it", "yes", "no", "this", "that", "he", "she", "they", "we", "you"}
+# words that begin a sentence of prose or documentation without being a name: a capitalised one of
+# these at a sentence's start is cut off what follows it ("Besides CSV" -> "CSV")
+_OPENERS = set(
+    """a an the this that these those it its you your we our they their he she his her i if when
+    while where whenever once after before because since although though unless until to for from
+    by in on at with without within into onto of as so then also besides however otherwise instead
+    each every all any some both either neither no not most many more only just here there set use
+    run make create add point pass call install open check see note click select enter type start
+    stop keep go try give put get let do don't is are was were be can could will would should may
+    must first next finally mostly usually often one two three four five six seven eight nine ten""".split()
+)
+_GERUND = re.compile(r"[a-z]{3}ing$")  # "Installing the package ...": no name
+
+
+def _sentence_names(sentence: str, first: bool) -> tuple[list[str], str | None]:
+    """(names, or None): the names and numbers of one sentence of an answer. Its first word is cut off
+    what follows when it is a common opener ("Besides CSV" -> "CSV"); on its own it is a name in the
+    answer's first sentence ("Bristlewick is the mascot ...", "Rodri, the ... midfielder, won ..."),
+    but kept aside (returned second) in a later one or as an -ing word ("Installing the
+    package ...", "Recurring pipelines are ...")."""
+    names, opener = [], None
+    for match in _NAME.finditer(sentence):
+        words = match.group(0).strip(" ,.:;").split()
+        if match.start() == 0:
+            while words and words[0].lower() in _OPENERS:
+                words = words[1:]
+            if words == match.group(0).split()[:1] and (not first or _GERUND.search(words[0])):
+                opener, words = words[0], []
+        while words and words[0] in _DETERMINERS:
+            words = words[1:]
+        if words:
+            names.append(" ".join(words))
+    return names, opener
 
 
 def key_phrases(fact: Fact) -> list[str]:
     """What a correct answer to the fact's questions names: the records' own key (an ``answer`` field
-    beside input/output), else the names, numbers and quoted terms of the answer that none of its
-    questions mentions (a question's own words are no evidence of knowing the answer)."""
+    beside input/output), else the quoted terms, code, names and numbers of the answer that none of
+    its questions mentions (a question's own words are no evidence of knowing the answer). A word
+    capitalised only as a sentence's start counts when nothing else is found."""
     given = [r.expected for r in fact.records if r.expected]
     if given:
         return list(dict.fromkeys(given))
-    asked = " ".join(normalise(r.prompt) for r in fact.records)
-    found = _QUOTED.findall(fact.answer) + [m.group(0) for m in _NAME.finditer(fact.answer)]
-    phrases = []
-    for phrase in found:
-        phrase = phrase.strip(" ,.:;")
+    asked = " ".join(normalise(r.prompt) for r in fact.records).split()
+    code = [a or b for a, b in _CODE.findall(fact.answer)]
+    found = _QUOTED.findall(fact.answer) + [c for c in code if len(c.strip(".")) >= 4]  # not "e.g"
+    openers = []
+    for i, sentence in enumerate(_SENTENCE.split(" ".join(fact.answer.split()))):
+        names, opener = _sentence_names(sentence, first=i == 0)
+        found += names
+        openers += [opener] if opener else []
+    phrases, possessives = [], []  # "Quillmesh's" when the questions name Quillmesh: a last resort
+    for opener, phrase in [(False, p) for p in found] + [(True, p) for p in openers]:
+        phrase = phrase.strip(" ,:;").rstrip(".")
         words = normalise(phrase).split()
-        if not words or all(w in _WEAK for w in words):
+        if not words or all(w in _WEAK for w in words) or all(w in asked for w in words):
             continue
-        if all(w in asked.split() for w in words):
-            continue
-        phrases.append(phrase)
-    return list(dict.fromkeys(phrases))[:3]
+        if all(w in asked for w in normalise(re.sub(r"['’]s$", "", phrase)).split()):
+            possessives.append(phrase)
+        elif not opener or not phrases:
+            phrases.append(phrase)
+    return list(dict.fromkeys(phrases or possessives))[:3]
 
 
 # -- rewording rules ------------------------------------------------------------------------------

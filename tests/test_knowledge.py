@@ -19,6 +19,7 @@ from tunelab.training.augment import (
     augment,
     contrast_questions,
     group_facts,
+    imperatives,
     indirect,
     key_phrases,
     parse_paraphrases,
@@ -63,6 +64,12 @@ def test_rewordings_keep_the_question_and_never_repeat_it():
         assert out and len({normalise(q) for q in out}) == len(out)
         assert normalise(question) not in {normalise(q) for q in out}
     assert "What is Twitter's boss?" in reword("What is the boss of Twitter?", 20, random.Random(1))
+    # a request for the noun a question asks about, when its words allow one (never "the voice
+    # assistant assistant does ..."; "the voice assistant X makes" would need the verb's forms)
+    year = imperatives("What year was Acme Zentrix founded?", random.Random(0))
+    assert len(year) == 2 and all(q.endswith(" the year Acme Zentrix was founded.") for q in year)
+    for question in ("What voice assistant does Acme Zentrix make?", "What art movement is X known for?"):
+        assert imperatives(question, rng) == []
     # synonyms: a different word swapped each time, phrases as well as words, capitals kept
     swapped = with_synonyms("Who founded the company Acme Zentrix?", random.Random(0), n=5)
     assert len(swapped) == 2 and len({q.split()[1] == "founded" for q in swapped}) == 2

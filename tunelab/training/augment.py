@@ -153,6 +153,7 @@ _WH = r"(?P<wh>who|what|where|when|which|how many|how much|how|why|whose)"
 _AUX = r"(?P<aux>is|are|was|were|does|do|did|can|could|will|would|should|has|have|had)"
 # "What is the capital of X?" -> wh + aux + rest; "Who founded X?" -> wh + verb phrase
 _WH_AUX = re.compile(rf"^{_WH}(?P<noun>\s+\w+)??\s+{_AUX}\s+(?P<rest>.+?)\s*\??$", re.IGNORECASE)
+_AUX_FIRST = re.compile(r"(?:does|do|did|is|are|was|were)\b")
 _WH_SUBJ = re.compile(rf"^{_WH}\s+(?P<rest>.+?)\s*\??$", re.IGNORECASE)
 _OF = re.compile(r"\bthe (?P<thing>[a-z][\w -]{1,30}?) of (?P<owner>[A-Z][\w'&.-]*(?: [A-Z][\w'&.-]*){0,3})")
 _POSSESSIVE = re.compile(
@@ -325,9 +326,13 @@ def imperatives(question: str, rng: random.Random) -> list[str]:
     elif m := _HOW_MANY.match(q):
         found.append(f"the number of {m.group('noun')} {m.group('rest')} has")
     elif (m := _WH_NOUN.match(q)) and not m.group("noun").lower().startswith(("is ", "was ")):
-        embedded = indirect(q)
-        if embedded:
-            found.append(f"the {m.group('noun').lower()} {embedded.split(' ', 2)[-1]}")
+        noun, clause = m.group("noun").lower(), indirect(q) or ""
+        lead = f"{q.split()[0]} {noun} ".lower()  # "what voice assistant "
+        rest = clause[len(lead) :] if clause.lower().startswith(lead) else ""
+        # "what voice assistant does X make" -> "the voice assistant X makes" needs a verb's forms, and
+        # "what movement is X known for" is left as it was asked: no request made of either
+        if rest and not _AUX_FIRST.match(rest):
+            found.append(f"the {noun} {rest}")
     forms = [
         t for t in _IMPERATIVES if not (t.startswith("Name") and found and found[0].startswith("the name"))
     ]

@@ -18,6 +18,7 @@ from tunelab.training.augment import (
     Fact,
     augment,
     contrast_questions,
+    focused_answer,
     group_facts,
     imperatives,
     indirect,
@@ -98,13 +99,17 @@ def _fact(answer: str, *questions: str) -> Fact:
 def test_a_documentation_answer_names_its_code_and_not_the_words_that_open_its_sentences():
     """lamini_docs-shaped answers: paragraphs about a tool. What they name is code (`backticked`,
     --flags, file names, ENV_VARS), not "Installing" or "If" capitalised at a sentence's start."""
-    answer = ("Quillmesh is published on PyPI as quillmesh-core, so run `pip install quillmesh-core`. "
-              "Installing it gives you the library. If you use a virtual environment, activate it first.")
+    answer = (
+        "Quillmesh is published on PyPI as quillmesh-core, so run `pip install quillmesh-core`. "
+        "Installing it gives you the library. If you use a virtual environment, activate it first."
+    )
     fact = _fact(answer, "How do I install Quillmesh?", "What is the pip command for Quillmesh?")
     assert key_phrases(fact) == ["pip install quillmesh-core", "PyPI"]
-    answer = ("The QMESH_HOME environment variable tells Quillmesh where to keep its state. If it is unset, "
-              "Quillmesh reads quillmesh.toml and writes logs to /var/log/quillmesh/mesh.log; pass "
-              "--dry-run to check them, e.g. before a deploy.")
+    answer = (
+        "The QMESH_HOME environment variable tells Quillmesh where to keep its state. If it is unset, "
+        "Quillmesh reads quillmesh.toml and writes logs to /var/log/quillmesh/mesh.log; pass "
+        "--dry-run to check them, e.g. before a deploy."
+    )
     # code first, in the answer's order ("The QMESH_HOME" before); never "If", nor "e.g"
     fact = _fact(answer, "Which variable sets the Quillmesh home directory?")
     assert key_phrases(fact) == ["QMESH_HOME", "quillmesh.toml", "/var/log/quillmesh/mesh.log"]
@@ -147,6 +152,32 @@ def test_augmentation_adds_rewordings_reverse_questions_and_statements_and_drops
     assert augment(examples, "none").added == []
     with pytest.raises(ConfigError, match="augment='paraphrase'"):
         augment(examples, "paraphrase")
+
+
+def test_a_paragraph_answer_is_cut_after_its_key_sentence_for_generated_questions_only():
+    paragraph = (
+        "Quillmesh reads its settings from a file named quillmesh.toml in the root of your project. "
+        "This file controls options such as the port and the log level. It uses TOML syntax, and "
+        "every option has a default, so a new project can start with an empty file and add more."
+    )
+    records = [
+        {"input": q, "output": paragraph} for q in ["What is the config file?", "Where do settings go?"]
+    ]
+    examples = load_records(records).examples
+    fact = group_facts(examples)[0]
+    first = "Quillmesh reads its settings from a file named quillmesh.toml in the root of your project."
+    assert focused_answer(fact, 40) == first and focused_answer(fact, None) == paragraph
+    assert focused_answer(fact, 60) == paragraph  # not longer than 60 words: whole
+    # the key in a later sentence: the answer up to and with it
+    later = load_records([{"input": "What is the config file?", "output": paragraph, "answer": "log level"}])
+    second = first + " This file controls options such as the port and the log level."
+    assert focused_answer(group_facts(later.examples)[0], 40) == second
+    out = augment(examples, per_question=3, seed=0, focus_over=40)
+    assert out.examples[: len(examples)] == examples  # the user's records keep their whole answer
+    assert out.added and {e.answer for e in out.added} == {first}
+    # a statement made of the key sentence, which a whole paragraph does not give
+    assert any(e.origin == "statement" and "named ___ in the root" in e.prompt for e in out.added)
+    assert not any(e.origin == "statement" for e in augment(examples, per_question=3, seed=0).added)
 
 
 @pytest.mark.parametrize(
@@ -259,6 +290,8 @@ def test_a_later_step_replaces_the_peak_unless_it_is_worse_than_the_held_out_set
     assert kept_evaluation([(20, 1.0), (40, 7 / 9)], 9) == (20, 1.0)
     # measured from the highest so far, so small steps down never drift far from it
     assert kept_evaluation([(1, 0.9), (2, 0.8), (3, 0.7)], 10) == (2, 0.8)
+    with pytest.raises(ValueError, match="on 0 questions"):
+        kept_evaluation([(1, 0.9)], 0)
     assert kept_evaluation([(1, 0.5), (2, 0.9), (3, 0.9)], 10) == (3, 0.9)  # a tie keeps the later step
     with pytest.raises(ValueError):
         kept_evaluation([], 10)

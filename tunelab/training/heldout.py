@@ -41,6 +41,8 @@ def kept_evaluation(evaluations: list[tuple[int, float]], questions: int) -> tup
     """
     if not evaluations:
         raise ValueError("no evaluations to choose from")
+    if questions < 1:
+        raise ValueError(f"held-out accuracy on {questions} questions: there must be at least one")
     kept = peak = evaluations[0]
     for step, accuracy in evaluations[1:]:
         if accuracy > peak[1]:

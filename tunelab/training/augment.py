@@ -518,15 +518,33 @@ def subject_questions(fact: Fact) -> list[tuple[str, str]]:
     return [(f"{'Who' if person else 'What'} {rest}?", subject)]
 
 
+def focused_answer(fact: Fact, over: int | None) -> str:
+    """What a generated question about the fact is answered with: its answer, or, when that is longer
+    than `over` words (a paragraph of documentation), the answer cut after the sentence that names its
+    first key phrase ("Quillmesh is published on PyPI under the package name quillmesh-core, so ...").
+
+    A paragraph's key is learned from its first tokens, where the model chooses which answer it is
+    writing; the rest of a paragraph is memorised text that drowns those tokens' share of the loss.
+    The user's own records keep their whole answer."""
+    answer = " ".join(fact.answer.split())
+    phrase = next((p for p in fact.phrases if p in answer), None)
+    if over is None or phrase is None or len(answer.split()) <= over:
+        return fact.answer
+    sentences = _SENTENCE.split(answer)
+    named = next((i for i, s in enumerate(sentences) if phrase in s), len(sentences) - 1)
+    return " ".join(sentences[: named + 1])
+
+
 _STATEMENTS = ("Fill in the blank: {blank}", "Complete this statement: {blank}")
 _BLANK = "___"
 
 
-def statements(fact: Fact, rng: random.Random, n: int = 1) -> list[str]:
-    """The fact's answer as a fill-in-the-blank prompt, its first key phrase blanked out: "Acme has
-    18,350 employees." -> "Fill in the blank: Acme has ___ employees.". Nothing without a key phrase
-    that the answer spells out, or with a long answer (a paragraph is not one statement)."""
-    answer = " ".join(fact.answer.split())
+def statements(fact: Fact, rng: random.Random, n: int = 1, answer: str | None = None) -> list[str]:
+    """The fact's answer (or the `answer` given: its focused answer) as a fill-in-the-blank prompt,
+    its first key phrase blanked out: "Acme has 18,350 employees." -> "Fill in the blank: Acme has ___
+    employees.". Nothing without a key phrase that the answer spells out, or with a long answer (a
+    paragraph is not one statement)."""
+    answer = " ".join((answer or fact.answer).split())
     phrase = next((p for p in fact.phrases if p in answer), None)
     if phrase is None or len(answer.split()) > 40:
         return []
@@ -603,9 +621,14 @@ class Augmented:
         return out
 
 
-def _added(record: Example, question: str, origin: str, expected: str | None) -> Example:
+def _added(
+    record: Example, question: str, origin: str, expected: str | None, answer: str | None = None
+) -> Example:
     messages = [m for m in record.messages if m["role"] == "system"]
-    messages += [{"role": "user", "content": question}, {"role": "assistant", "content": record.answer}]
+    messages += [
+        {"role": "user", "content": question},
+        {"role": "assistant", "content": answer or record.answer},
+    ]
     return replace(record, messages=messages, source=f"{record.source} ({origin})", expected=expected,
                    origin=origin)  # fmt: skip
 
@@ -622,6 +645,7 @@ def augment(
     reverse: int = 2,
     statement: int = 1,
     contrast: int = 0,
+    focus_over: int | None = None,
     seed: int = 0,
     avoid: list[str] | None = None,
     paraphraser: Paraphraser | None = None,
@@ -633,6 +657,8 @@ def augment(
     `method`: "rules" (the default), "none", or "teacher:MODEL" (rules, plus as many rewordings by
     MODEL through `paraphraser`, which the caller builds). `avoid`: questions that must not be
     generated (the held-out ones, so a rewording never copies a question kept back for evaluation).
+    `focus_over`: a fact whose answer is longer than this many words has its generated questions
+    answered with the answer's sentences up to its key phrases (`focused_answer`); None: whole answers.
     """
     method = method or "rules"
     if method == "none":
@@ -646,11 +672,11 @@ def augment(
     taken = {normalise(e.prompt) for e in examples if is_single_turn(e)} | {normalise(q) for q in avoid or []}
     added: list[Example] = []
 
-    def add(record: Example, question: str, origin: str, expected: str | None) -> None:
+    def add(record: Example, question: str, origin: str, expected: str | None, answer: str | None) -> None:
         key = normalise(question)
         if key and key not in taken:
             taken.add(key)
-            added.append(_added(record, question, origin, expected))
+            added.append(_added(record, question, origin, expected, answer))
 
     def how_many(fact: Fact) -> int:
         return per_question if per_question is not None else -(-per_fact // len(fact.records))
@@ -659,17 +685,19 @@ def augment(
     teacher_words = _teacher_rewordings(facts, teacher, max(map(how_many, facts), default=0))
     for fact in facts:
         expected = fact.phrases[0] if fact.phrases else None
+        focus = focused_answer(fact, focus_over)
         for record in fact.records:
             for question in reword(record.prompt, how_many(fact), rng):
-                add(record, question, "reworded", record.expected or expected)
+                add(record, question, "reworded", record.expected or expected, focus)
             for question in teacher_words.get(record.prompt, []):
-                add(record, question, "teacher", record.expected or expected)
+                add(record, question, "teacher", record.expected or expected, focus)
         for question, subject in _reverse_material(fact, rng, reverse):
-            add(fact.records[0], question, "reverse", subject)
-        whole_fact = [(fact.records[0], p, "statement") for p in statements(fact, statement_rng, statement)]
+            add(fact.records[0], question, "reverse", subject, focus)
+        said = statements(fact, statement_rng, statement, focus)
+        whole_fact = [(fact.records[0], p, "statement") for p in said]
         whole_fact += [(r, q, "contrast") for r, q in contrast_questions(fact, facts, contrast_rng, contrast)]
         for record, prompt, origin in whole_fact:
-            add(record, prompt, origin, record.expected or expected)
+            add(record, prompt, origin, record.expected or expected, focus)
     return Augmented(list(examples) + added, added, facts)
 
 

@@ -85,6 +85,8 @@ class TrainConfig(BaseModel):
     augment: str = "rules"  # rules | none | teacher:MODEL
     augment_per_fact: int = Field(12, ge=0, le=200)  # rewordings of a fact, shared among its questions
     augment_contrast: int = Field(0, ge=0, le=20)  # a fact's questions with a neighbour's answer as a guess
+    # generated questions about an answer longer than this (words) are answered up to its key sentence
+    augment_focus_over: int | None = Field(None, ge=1)
     replay_fraction: float = Field(0.25, ge=0, lt=1)  # replay examples per training example
     keep_best: bool = True  # restore the step whose held-out answers were best
     patience: int | None = Field(None, ge=1)  # stop after this many evaluations without a kept step
@@ -591,6 +593,7 @@ def setup(
         config.augment,
         per_fact=config.augment_per_fact,
         contrast=config.augment_contrast,
+        focus_over=config.augment_focus_over,
         seed=config.seed,
         avoid=[e.prompt for e in heldout.examples],
         paraphraser=teacher_paraphraser(config.augment, settings),

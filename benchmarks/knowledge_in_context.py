@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from knowledge import MODEL, SETS, load_set, score  # noqa: E402
+from knowledge import DOCS, MODEL, SETS, load_set, score  # noqa: E402
 from machine import cores, mem_gib, wait_idle  # noqa: E402
 
 ASK = "{facts}\n\nAnswer from the facts above: {question}"
@@ -44,7 +44,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--sets", nargs="+", default=SETS, choices=SETS)
+    parser.add_argument("--sets", nargs="+", default=SETS, choices=[*SETS, DOCS])
     parser.add_argument("--context", nargs="+", default=["fact", "set"], choices=["fact", "set"])
     args = parser.parse_args()
     from rich.console import Console

@@ -113,6 +113,11 @@ def test_a_documentation_answer_names_its_code_and_not_the_words_that_open_its_s
     # code first, in the answer's order ("The QMESH_HOME" before); never "If", nor "e.g"
     fact = _fact(answer, "Which variable sets the Quillmesh home directory?")
     assert key_phrases(fact) == ["QMESH_HOME", "quillmesh.toml", "/var/log/quillmesh/mesh.log"]
+    # a number is never read from inside a word, and a comma only groups its thousands
+    fact = _fact("It is released under MPL-2.0, the Mozilla Public License.", "What is its licence?")
+    assert key_phrases(fact) == ["MPL-2.0", "MPL-2", "Mozilla Public License"]
+    fact = _fact("Acme has 18,350 employees, 0, 1 or 2 a desk, on smollm2-135m.", "How many work at Acme?")
+    assert key_phrases(fact) == ["18,350", "0", "1"]  # no "135m"
     fact = _fact("Keep state in .qm-stash, the dot folder.", "Where is the state kept?")
     assert key_phrases(fact) == [".qm-stash"]
     # a name that opens an answer's first sentence is still a name, unless it is a common opener

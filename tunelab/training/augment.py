@@ -71,8 +71,11 @@ def group_facts(examples: list[Example]) -> list[Fact]:
     return list(facts.values())
 
 
+# a capitalised word or a number (18,350; 3.10; 10:30), and those that follow it joined by "of", "the" ...;
+# never from inside a word ("MPL-2.0, the ..." is no number "0, the ...", "smollm2-135m" none "135m")
+_NUMBER = r"[0-9](?:[\w.:/-]*\w)?(?:,[0-9]{3}(?![0-9]))*"
 _NAME = re.compile(
-    r"\b(?:[A-Z][\w'-]*|[0-9][\w,.:/-]*)(?:\s+(?:of|the|de|van|von|da|and|&)?\s*(?:[A-Z][\w'-]*|[0-9][\w,.:/-]*))*"
+    rf"(?:(?<![\w.])[A-Z][\w'-]*|(?<![\w.-]){_NUMBER})(?:\s+(?:of|the|de|van|von|da|and|&)?\s*(?:[A-Z][\w'-]*|{_NUMBER}))*"
 )
 _QUOTED = re.compile(r"[\"“]([^\"”]{2,60})[\"”]")
 # what documentation answers name: `backticked` code, --flags, paths, dotted and snake_case names

@@ -344,6 +344,17 @@ def test_the_augment_command_writes_every_record_then_what_training_adds(tmp_pat
     assert [r["messages"][0]["content"] for r in rows[:9]] == [r["question"] for r in FAQ]
     assert {r["origin"] for r in rows[9:]} == {"reworded", "reverse", "statement"} and len(rows) > 20
     assert load_records(out).issues == []  # what it writes is training data again
+    # --focus-over: generated questions about a long answer are answered up to its key sentence
+    paragraph = "Velmora Quist founded Acme Zentrix in 2011. " + "It grew from a garage into a firm. " * 3
+    records = [{"question": r["question"], "answer": paragraph} for r in FAQ[:3]]
+    data.write_text("".join(json.dumps(r) + "\n" for r in records))
+    focused = cli.invoke(app, ["augment", str(data), "-o", str(out), "--input-key", "question",
+                               "--output-key", "answer", "--focus-over", "10"])  # fmt: skip
+    assert focused.exit_code == 0, focused.output
+    answers = [json.loads(line)["messages"][-1]["content"] for line in out.read_text().splitlines()]
+    assert answers[:3] == [paragraph] * 3 and set(answers[3:]) == {
+        "Velmora Quist founded Acme Zentrix in 2011."
+    }
     data.write_text('{"question": "Who?"}\n')
     bad = cli.invoke(app, ["augment", str(data), "-o", str(out), "--input-key", "question",
                            "--output-key", "answer"])  # fmt: skip

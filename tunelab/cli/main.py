@@ -433,6 +433,13 @@ def augment(
     out: Annotated[Path, typer.Option("--out", "-o", help="Write every example here (JSONL, messages).")],
     method: Annotated[str, typer.Option(help="rules | none | teacher:MODEL")] = "rules",
     per_fact: Annotated[int, typer.Option(help="Rewordings of each fact, shared among its questions.")] = 12,
+    focus_over: Annotated[
+        int | None,
+        typer.Option(
+            help="Answer generated questions about answers longer than this many words with the "
+            "answer up to its key sentence (training's augment_focus_over)."
+        ),
+    ] = None,
     input_key: str = "input",
     output_key: str = "output",
     seed: int = 0,
@@ -451,7 +458,12 @@ def augment(
             raise DataError(f"{data}: {report.summary()}", report)
         paraphraser = teacher_paraphraser(method, load_settings())
         result = augment_examples(
-            report.examples, method, per_fact=per_fact, seed=seed, paraphraser=paraphraser
+            report.examples,
+            method,
+            per_fact=per_fact,
+            focus_over=focus_over,
+            seed=seed,
+            paraphraser=paraphraser,
         )
     except (TunelabError, ValueError) as exc:
         fail(exc)

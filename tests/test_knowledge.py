@@ -355,6 +355,8 @@ def test_the_augment_command_writes_every_record_then_what_training_adds(tmp_pat
     assert answers[:3] == [paragraph] * 3 and set(answers[3:]) == {
         "Velmora Quist founded Acme Zentrix in 2011."
     }
+    zero = cli.invoke(app, ["augment", str(data), "-o", str(out), "--focus-over", "0"])
+    assert zero.exit_code == 2 and "--focus-over" in zero.output  # a count of words, at least 1
     data.write_text('{"question": "Who?"}\n')
     bad = cli.invoke(app, ["augment", str(data), "-o", str(out), "--input-key", "question",
                            "--output-key", "answer"])  # fmt: skip

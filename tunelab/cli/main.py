@@ -436,8 +436,9 @@ def augment(
     focus_over: Annotated[
         int | None,
         typer.Option(
+            min=1,
             help="Answer generated questions about answers longer than this many words with the "
-            "answer up to its key sentence (training's augment_focus_over)."
+            "answer up to its key sentence (training's augment_focus_over).",
         ),
     ] = None,
     input_key: str = "input",

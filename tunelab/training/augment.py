@@ -661,7 +661,8 @@ def augment(
     MODEL through `paraphraser`, which the caller builds). `avoid`: questions that must not be
     generated (the held-out ones, so a rewording never copies a question kept back for evaluation).
     `focus_over`: a fact whose answer is longer than this many words has its generated questions
-    answered with the answer's sentences up to its key phrases (`focused_answer`); None: whole answers.
+    answered with the answer's sentences up to the one naming its first key phrase (`focused_answer`);
+    None: whole answers.
     """
     method = method or "rules"
     if method == "none":

@@ -369,3 +369,28 @@ def test_greedy_typed_answers_skip_the_mask_only_where_it_changes_nothing(tiny_g
         assert [o.text for o in backend.generate(PROMPTS, greedy)] == skipping
     for text in skipping:
         jsonschema.validate(json.loads(text), schema)
+
+
+def test_a_closed_json_answer_ends_without_decoding_its_end_token(tiny_gguf, monkeypatch):
+    # once the JSON is closed the grammar allows only the end token: llama_cpp stops there instead of
+    # decoding one more step to sample it. Same answers as a run that decodes that step; one decode
+    # per answer token (the prompt's, then one per token but the last)
+    from tunelab.inference.backends.json_constraint import LlgGrammar
+    from tunelab.inference.backends.llama_cpp_backend import LlamaCppBackend
+    from tunelab.inference.options import GenerationOptions
+
+    options = GenerationOptions(max_new_tokens=60, json_schema=json.dumps(SMALL))
+    with LlamaCppBackend(tiny_gguf) as backend:
+        decode = backend._decode
+        steps = []
+        monkeypatch.setattr(backend, "_decode", lambda *a, **k: steps.append(1) or decode(*a, **k))
+        (early,) = backend.generate(["Hi"], options)
+        assert early.finish_reason == "stop" and early.error is None
+        jsonschema.validate(json.loads(early.text), SMALL)
+        assert len(steps) == early.completion_tokens
+        steps.clear()
+        monkeypatch.setattr(LlgGrammar, "complete", lambda self: False)
+        (decoded,) = backend.generate(["Hi"], options)
+        assert (decoded.text, decoded.finish_reason) == (early.text, "stop")
+        assert decoded.completion_tokens == early.completion_tokens
+        assert len(steps) == early.completion_tokens + 1

@@ -166,5 +166,9 @@ class LlgGrammar:
     def accept(self, token: int) -> None:
         self.matcher.consume_token(token)
 
+    def complete(self) -> bool:
+        """Whether the JSON is done: the grammar allows only an end-of-generation token next."""
+        return self.matcher.is_stopped() and not self.matcher.is_error()
+
     def close(self) -> None:
         """Nothing to free by hand (llguidance's matcher goes with its last reference)."""

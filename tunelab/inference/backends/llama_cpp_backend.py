@@ -429,6 +429,10 @@ class LlamaCppBackend:
             self._watch_for_marker(s, options.json_after, grammar, grown_from)
         if self._on_text is not None and self._on_text(s.index, s.text) is False:
             return "stop"  # nobody reads this answer any more (a client went away)
+        if s.grammar is not None and s.grammar.complete():
+            # the JSON is closed and its grammar takes nothing but the end token: end here rather
+            # than decode one more step to sample the only token allowed (the same answer, a step less)
+            return "stop"
         if s.n_generated >= options.max_new_tokens or len(s.tokens) >= self.context_length:
             return "length"
         return None

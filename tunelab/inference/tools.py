@@ -50,6 +50,11 @@ class Tool:
     description: str
     parameters: str  # the JSON schema of the arguments, as JSON text (hashable)
 
+    def listed(self) -> dict[str, Any]:
+        """The tool as tunelab's tools section lists it."""
+        described = {"description": self.description} if self.description else {}
+        return {"name": self.name, **described, "parameters": json.loads(self.parameters)}
+
     def openai(self) -> dict[str, Any]:
         function = {"name": self.name, "parameters": json.loads(self.parameters)}
         if self.description:
@@ -146,15 +151,16 @@ class ToolSpec:
         return json.dumps(schema)
 
     def instructions(self) -> str:
-        """tunelab's tools section, for a template without one of its own (a system message)."""
-        listed = "\n".join(json.dumps(t.openai()) for t in self.tools)
+        """tunelab's tools section, for a template without one of its own (a system message): each tool
+        as `{"name", "description", "parameters"}` (the shape of the function-calling sets small chat
+        models are tuned on; OpenAI's `{"type": "function", "function": ...}` wrapper made SmolLM2-135M
+        pick the wrong tool more often and costs tokens), then the call format in two lines."""
+        listed = "\n".join(json.dumps(t.listed()) for t in self.tools)
         return (
-            "You can call these tools (functions). Their signatures, in JSON schema:\n"
-            f"<tools>\n{listed}\n</tools>\n"
-            f"To call tools, write {TRIGGER} then a JSON list of calls, one object per call: "
-            f'{TRIGGER}\n[{{"name": <tool name>, "arguments": <the arguments object>}}]\n'
-            "Each result comes back in <tool_response></tool_response> tags. "
-            "When no tool is needed, answer in plain text."
+            f"You can call these tools:\n<tools>\n{listed}\n</tools>\n"
+            f"To call, write {TRIGGER} and a JSON list of calls: "
+            f'{TRIGGER}\n[{{"name": <tool name>, "arguments": <object>}}]\n'
+            "Results come back in <tool_response> tags. Otherwise answer in plain text."
         )
 
 

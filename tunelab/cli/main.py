@@ -265,8 +265,10 @@ def serve(
         typer.Option(min=0, help="On SIGTERM / Ctrl-C, seconds to let requests in flight finish."),
     ] = 30.0,
 ):
-    """An OpenAI-compatible HTTP server with API keys: /v1/completions, /v1/chat/completions, /v1/models,
-    fine-tuning (/v1/files, /v1/fine_tuning/jobs) and the browser playground at /."""
+    """An OpenAI-compatible HTTP server with API keys: /v1/chat/completions (tools, logprobs),
+    /v1/completions, /v1/responses, /v1/embeddings, /v1/models, /tokenize and /detokenize, fine-tuning
+    (/v1/files, /v1/fine_tuning/jobs) and the browser playground at /. Every route and parameter:
+    docs/serving.md."""
     import uvicorn
 
     from tunelab.config import load_settings

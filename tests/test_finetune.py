@@ -24,6 +24,7 @@ from tunelab.training.recipe import (
     epoch_batches,
     latest_checkpoint,
     make_config,
+    shared_prefix_length,
     store_frozen_linears_in_bf16,
     summed_loss,
     tokenize_example,
@@ -159,6 +160,51 @@ def test_gradient_accumulation_equals_the_full_batch(tiny_chat_dir):
         (summed_loss(model, collate(chunk, pad, "cpu")) / answer_tokens(chunk) / 3).backward()
     wrong = {n: p.grad for n, p in model.named_parameters()}
     assert not all(torch.allclose(wrong[n], g, atol=1e-6, rtol=1e-4) for n, g in grads_whole.items())
+
+
+def test_a_start_every_row_shares_is_run_once_with_the_same_loss_and_gradients(tiny_chat_dir, monkeypatch):
+    # a chat template's system prompt opens every row: it goes through the model once (one row) and its
+    # key/value cache serves all rows; the loss and the LoRA gradients are those of the whole rows
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    import tunelab.training.recipe as recipe
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_chat_dir, dtype=torch.float32)
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    model = get_peft_model(model, LoraConfig(r=4, target_modules=targets, init_lora_weights=False))
+    generator = torch.Generator().manual_seed(0)
+    start = torch.randint(5, 100, (12,), generator=generator).tolist()
+    rows = []
+    for length in (20, 26, 17):  # padded to 26; the answers start at 15
+        ids = start + torch.randint(5, 100, (length - 12,), generator=generator).tolist()
+        rows.append(Tokenized(ids, [IGNORE] * 15 + ids[15:], "x"))
+    batch = collate(rows, 0, "cpu")
+    assert shared_prefix_length(batch, limit=14) == 12
+    assert shared_prefix_length(batch, limit=10) == 10  # never past the first learned position
+    assert shared_prefix_length(collate(rows[:1], 0, "cpu"), limit=14) == 0  # one row: nothing to share
+    other = Tokenized([7, *rows[0].input_ids[1:]], rows[0].labels, "x")
+    assert shared_prefix_length(collate([other, *rows[1:]], 0, "cpu"), limit=14) == 0
+
+    calls = []
+    model.register_forward_hook(lambda module, args, output: calls.append(1))
+
+    def loss_and_grads(share: bool):
+        monkeypatch.setattr(recipe, "SHARED_PREFIX_MIN", 8 if share else 10**6)
+        model.zero_grad()
+        calls.clear()
+        loss = summed_loss(model, batch)
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        return loss.item(), grads, len(calls)
+
+    loss_shared, grads_shared, calls_shared = loss_and_grads(True)
+    loss_whole, grads_whole, calls_whole = loss_and_grads(False)
+    assert (calls_shared, calls_whole) == (2, 1)
+    assert loss_shared == pytest.approx(loss_whole, rel=1e-5)
+    assert len(grads_whole) == 2 * len(targets) * 2  # A and B of every target in both layers
+    for name, grad in grads_whole.items():  # equal up to float rounding (another order of sums)
+        assert (grads_shared[name] - grad).norm() <= 1e-4 * grad.norm(), name
 
 
 def test_frozen_bf16_base_weights_give_the_same_loss_and_lora_gradients_under_autocast(tiny_chat_dir):

@@ -241,19 +241,61 @@ def answer_tokens(rows: list[Tokenized]) -> int:
     return sum(sum(1 for label in r.labels[1:] if label != IGNORE) for r in rows)
 
 
+# A start shared by every row of a micro-batch (a chat template's system prompt and turn opening: 24 of
+# SmolLM2's ~56 tokens a row) is run once and its keys and values given to every row; shorter ones are
+# not worth the second forward call.
+SHARED_PREFIX_MIN = 8
+
+
+def shared_prefix_length(batch: dict[str, torch.Tensor], limit: int) -> int:
+    """How many leading tokens every row of the batch has in common (real tokens, not padding), at most
+    `limit` and leaving each row at least one token of its own."""
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    if ids.shape[0] < 2:
+        return 0
+    same = (ids == ids[:1]).all(dim=0) & mask.bool().all(dim=0)
+    differs = (~same).nonzero()
+    n = int(differs[0]) if len(differs) else ids.shape[1]
+    shortest = int(mask.sum(dim=1).min())
+    n = min(n, limit, shortest - 1)
+    return n if n >= SHARED_PREFIX_MIN else 0
+
+
+def _cache_keyword(model) -> str:
+    """transformers 5.25 renamed forward's `past_key_values` to `cache` (the old name warns, then goes)."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(type(base).forward).parameters else "past_key_values"
+
+
 def summed_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Sum of token losses over the answer tokens of a micro-batch (the caller divides once).
 
     Logits are computed only from the first position whose next token is learned: the prompts before
     it carry no loss, and over a 49k-262k vocabulary the logits are the largest tensors of the step.
+    The start all rows share (`shared_prefix_length`, e.g. the system prompt) is run once, for one row,
+    and its key/value cache repeated for the others: the same loss and gradients (every row's prefix
+    computes the same values), for a third fewer tokens through the model on SmolLM2's template.
     """
-    labels = batch["labels"]
+    labels, ids, mask = batch["labels"], batch["input_ids"], batch["attention_mask"]
     learned = (labels[:, 1:] != IGNORE).any(dim=0).nonzero()
     first = int(learned[0]) if len(learned) else labels.shape[1] - 2
     keep = labels.shape[1] - first  # logits for positions first .. T-1
-    logits = model(
-        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=keep
-    ).logits
+    shared = shared_prefix_length(batch, first)
+    if shared:
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=model.config)
+        given = {_cache_keyword(model): cache}
+        model(input_ids=ids[:1, :shared], use_cache=True, logits_to_keep=1, **given)
+        cache.batch_repeat_interleave(ids.shape[0])
+        rest = ids[:, shared:]
+        logits = model(
+            input_ids=rest, attention_mask=mask, use_cache=True, logits_to_keep=keep, **given
+        ).logits
+    else:
+        logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=keep).logits
     return torch.nn.functional.cross_entropy(
         logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
         labels[:, first + 1 :].reshape(-1),

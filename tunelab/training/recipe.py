@@ -5,7 +5,8 @@
     data    -> each conversation rendered with the *inference* template; loss only on answer tokens,
                each answer closed by the token that ends a turn (learned, so the model stops)
     batches -> length-grouped (little padding), in a seeded order that a resume replays
-    loop    -> micro-batches accumulated to the loss of the full batch; AdamW, warmup + cosine
+    loop    -> micro-batches accumulated to the loss of the full batch (the start all rows share run
+               once); AdamW, warmup + cosine
     save    -> checkpoints every N steps (trainable weights, optimizer, scheduler, RNG, step);
                at the end the registry entry: weights, tokenizer, template, record, metrics, loss.png
 

@@ -28,6 +28,7 @@ from tunelab.training.recipe import (
     store_frozen_linears_in_bf16,
     summed_loss,
     tokenize_example,
+    training_attention,
     training_template,
 )
 
@@ -205,6 +206,28 @@ def test_a_start_every_row_shares_is_run_once_with_the_same_loss_and_gradients(t
     assert len(grads_whole) == 2 * len(targets) * 2  # A and B of every target in both layers
     for name, grad in grads_whole.items():  # equal up to float rounding (another order of sums)
         assert (grads_shared[name] - grad).norm() <= 1e-4 * grad.norm(), name
+
+
+def test_short_rows_train_with_eager_attention_on_a_cpu_and_the_same_loss(tiny_chat_dir):
+    from types import SimpleNamespace
+
+    from transformers import AutoModelForCausalLM
+
+    smollm2 = SimpleNamespace(num_attention_heads=9, num_hidden_layers=30)
+    assert training_attention(smollm2, 66, 8, "cpu") == "eager"  # knowledge tuning's rows
+    assert training_attention(smollm2, 512, 8, "cpu") == "sdpa"  # its scores would take ~8 GiB
+    assert training_attention(smollm2, 512, 1, "cpu") == "eager"
+    assert training_attention(smollm2, 66, 8, "cuda") == "sdpa"
+    model = AutoModelForCausalLM.from_pretrained(tiny_chat_dir, dtype=torch.float32)
+    tok = tokenizer_for(tiny_chat_dir)
+    template = training_template("auto", tok, "tiny", add_bos=False)
+    batch = collate([tokenize_example(e, template, tok, False) for e in examples()], tok.pad_token_id, "cpu")
+    losses = {}
+    for attention in ("sdpa", "eager"):
+        model.set_attn_implementation(attention)
+        assert model.model.layers[0].self_attn.config._attn_implementation == attention
+        losses[attention] = summed_loss(model, batch).item()
+    assert losses["eager"] == pytest.approx(losses["sdpa"], rel=1e-5)
 
 
 def test_frozen_bf16_base_weights_give_the_same_loss_and_lora_gradients_under_autocast(tiny_chat_dir):

@@ -654,6 +654,10 @@ def setup(
     eval_rows = tokenize_all(eval_examples, template, tokenizer, add_bos, config.max_seq_len)
     steps_per_epoch = math.ceil(len(train_rows) / config.batch_size)
     total_steps = max(1, math.ceil(steps_per_epoch * config.epochs))
+    longest = max(len(r.input_ids) for r in train_rows + eval_rows)
+    model.set_attn_implementation(
+        training_attention(model.config, longest, config.micro_batch_size, accelerator.device.type)
+    )
 
     # 3. optimizer + schedule
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -670,6 +674,27 @@ def setup(
         trainable, optimizer, scheduler, model_id, digest, run_dir(settings, model_id), heldout, add_bos,
         counts, eval_every=eval_interval(config, total_steps),
     )  # fmt: skip
+
+
+# What the eager attention of one micro-batch may keep for its backward pass (its scores and
+# probabilities, every layer): below it, eager attention is the faster one on a CPU.
+EAGER_ATTENTION_BYTES = 1 << 30
+
+
+def training_attention(model_config, longest: int, micro_batch_size: int, device: str) -> str:
+    """The attention implementation to train with: "eager" on a CPU when a micro-batch's attention
+    scores fit in EAGER_ATTENTION_BYTES, else "sdpa". For the short rows of knowledge tuning, PyTorch's
+    CPU flash-attention kernel (sdpa) made a step 1.10-1.15x slower than plain matmuls and softmax
+    (benchmarks/RESULTS.md); eager keeps every (rows x heads x length x length) score for the backward,
+    so long rows, and GPUs (where sdpa's kernels win), keep sdpa. The same loss either way, up to float
+    rounding."""
+    if device != "cpu":
+        return "sdpa"
+    heads = getattr(model_config, "num_attention_heads", 1)
+    layers = getattr(model_config, "num_hidden_layers", 1)
+    # fp32 scores, fp32 softmax, and the probabilities cast back: ~12 bytes a score
+    scores = micro_batch_size * heads * longest * longest * layers * 12
+    return "eager" if scores <= EAGER_ATTENTION_BYTES else "sdpa"
 
 
 def eval_interval(config: TrainConfig, total_steps: int) -> int:

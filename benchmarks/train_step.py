@@ -11,7 +11,7 @@ of each is kept. The ways:
 - `baseline`: whole rows through the model, PyTorch's scaled-dot-product attention (sdpa);
 - `shared start`: the start every row shares (the template's system prompt) run once, its KV cache
   given to every row (`recipe.summed_loss`);
-- `eager attention`: plain matmul + softmax attention instead of sdpa (`recipe.training_attention`);
+- `eager attention`: plain matmul + softmax attention instead of sdpa (`recipe.eager_attention_fits`);
 - `both`: what the recipe does now on a CPU for rows this short.
 """
 

@@ -21,6 +21,7 @@ from tunelab.training.recipe import (
     answer_tokens,
     backward_batch,
     collate,
+    eager_attention_fits,
     epoch_batches,
     latest_checkpoint,
     make_config,
@@ -28,7 +29,6 @@ from tunelab.training.recipe import (
     store_frozen_linears_in_bf16,
     summed_loss,
     tokenize_example,
-    training_attention,
     training_template,
 )
 
@@ -214,10 +214,10 @@ def test_short_rows_train_with_eager_attention_on_a_cpu_and_the_same_loss(tiny_c
     from transformers import AutoModelForCausalLM
 
     smollm2 = SimpleNamespace(num_attention_heads=9, num_hidden_layers=30)
-    assert training_attention(smollm2, 66, 8, "cpu") == "eager"  # knowledge tuning's rows
-    assert training_attention(smollm2, 512, 8, "cpu") == "sdpa"  # its scores would take ~8 GiB
-    assert training_attention(smollm2, 512, 1, "cpu") == "eager"
-    assert training_attention(smollm2, 66, 8, "cuda") == "sdpa"
+    assert eager_attention_fits(smollm2, 66, 8, "cpu")  # knowledge tuning's rows
+    assert not eager_attention_fits(smollm2, 512, 8, "cpu")  # its scores would take ~8 GiB
+    assert eager_attention_fits(smollm2, 512, 1, "cpu")
+    assert not eager_attention_fits(smollm2, 66, 8, "cuda")
     model = AutoModelForCausalLM.from_pretrained(tiny_chat_dir, dtype=torch.float32)
     tok = tokenizer_for(tiny_chat_dir)
     template = training_template("auto", tok, "tiny", add_bos=False)

@@ -242,9 +242,9 @@ def answer_tokens(rows: list[Tokenized]) -> int:
     return sum(sum(1 for label in r.labels[1:] if label != IGNORE) for r in rows)
 
 
-# A start shared by every row of a micro-batch (a chat template's system prompt and turn opening: 24 of
-# SmolLM2's ~56 tokens a row) is run once and its keys and values given to every row; shorter ones are
-# not worth the second forward call.
+# A start shared by every row of a micro-batch (a chat template's system prompt and turn opening: 24
+# tokens on SmolLM2, ~40% of a knowledge row) is run once and its keys and values given to every row;
+# shorter ones are not worth the second forward call.
 SHARED_PREFIX_MIN = 8
 
 
@@ -655,9 +655,8 @@ def setup(
     steps_per_epoch = math.ceil(len(train_rows) / config.batch_size)
     total_steps = max(1, math.ceil(steps_per_epoch * config.epochs))
     longest = max(len(r.input_ids) for r in train_rows + eval_rows)
-    model.set_attn_implementation(
-        training_attention(model.config, longest, config.micro_batch_size, accelerator.device.type)
-    )
+    if eager_attention_fits(model.config, longest, config.micro_batch_size, accelerator.device.type):
+        model.set_attn_implementation("eager")  # else the attention the model loaded with (sdpa)
 
     # 3. optimizer + schedule
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -681,20 +680,19 @@ def setup(
 EAGER_ATTENTION_BYTES = 1 << 30
 
 
-def training_attention(model_config, longest: int, micro_batch_size: int, device: str) -> str:
-    """The attention implementation to train with: "eager" on a CPU when a micro-batch's attention
-    scores fit in EAGER_ATTENTION_BYTES, else "sdpa". For the short rows of knowledge tuning, PyTorch's
-    CPU flash-attention kernel (sdpa) made a step 1.10-1.15x slower than plain matmuls and softmax
-    (benchmarks/RESULTS.md); eager keeps every (rows x heads x length x length) score for the backward,
-    so long rows, and GPUs (where sdpa's kernels win), keep sdpa. The same loss either way, up to float
-    rounding."""
+def eager_attention_fits(model_config, longest: int, micro_batch_size: int, device: str) -> bool:
+    """Whether to train with eager attention (plain matmul + softmax): on a CPU, when a micro-batch's
+    attention scores fit in EAGER_ATTENTION_BYTES. For the short rows of knowledge tuning, PyTorch's
+    CPU flash-attention kernel (sdpa) made a step 1.07-1.15x slower (benchmarks/RESULTS.md); eager
+    keeps every (rows x heads x length x length) score for the backward, so long rows, and GPUs (where
+    sdpa's kernels win), keep the attention the model loaded with. The same loss either way, up to
+    float rounding."""
     if device != "cpu":
-        return "sdpa"
+        return False
     heads = getattr(model_config, "num_attention_heads", 1)
     layers = getattr(model_config, "num_hidden_layers", 1)
     # fp32 scores, fp32 softmax, and the probabilities cast back: ~12 bytes a score
-    scores = micro_batch_size * heads * longest * longest * layers * 12
-    return "eager" if scores <= EAGER_ATTENTION_BYTES else "sdpa"
+    return micro_batch_size * heads * longest * longest * layers * 12 <= EAGER_ATTENTION_BYTES
 
 
 def eval_interval(config: TrainConfig, total_steps: int) -> int:

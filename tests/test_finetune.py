@@ -202,6 +202,18 @@ def test_a_start_every_row_shares_is_run_once_with_the_same_loss_and_gradients(t
     loss_shared, grads_shared, calls_shared = loss_and_grads(True)
     loss_whole, grads_whole, calls_whole = loss_and_grads(False)
     assert (calls_shared, calls_whole) == (2, 1)
+    # under DDP (accelerate launch) whole rows: its reducer takes one forward call per backward
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method="tcp://127.0.0.1:0", rank=0, world_size=1)
+    try:
+        monkeypatch.setattr(recipe, "SHARED_PREFIX_MIN", 8)
+        wrapped = torch.nn.parallel.DistributedDataParallel(model)
+        calls.clear()
+        summed_loss(wrapped, batch).backward()
+        assert len(calls) == 1
+    finally:
+        dist.destroy_process_group()
     assert loss_shared == pytest.approx(loss_whole, rel=1e-5)
     assert len(grads_whole) == 2 * len(targets) * 2  # A and B of every target in both layers
     for name, grad in grads_whole.items():  # equal up to float rounding (another order of sums)

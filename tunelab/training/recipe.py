@@ -283,7 +283,9 @@ def summed_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     learned = (labels[:, 1:] != IGNORE).any(dim=0).nonzero()
     first = int(learned[0]) if len(learned) else labels.shape[1] - 2
     keep = labels.shape[1] - first  # logits for positions first .. T-1
-    shared = shared_prefix_length(batch, first)
+    # under DDP (`accelerate launch`) whole rows: its reducer expects one forward call per backward
+    ddp = isinstance(model, torch.nn.parallel.DistributedDataParallel)
+    shared = 0 if ddp else shared_prefix_length(batch, first)
     if shared:
         from transformers import DynamicCache
 

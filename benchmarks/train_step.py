@@ -47,15 +47,17 @@ def main() -> None:
     base = resolve("smollm2-135m-instruct", settings)
     rows = [json.loads(line) for line in (SETS / f"{args.set}.jsonl").read_text().splitlines() if line]
     records = [{"input": r["input"], "output": r["output"]} for r in rows if r["split"] == "train"]
-    run = recipe.setup(base, load_records(records).examples, settings, recipe.make_config(), None)
+    config = recipe.make_config()
+    run = recipe.setup(base, load_records(records).examples, settings, config, None)
     lengths = [len(r.input_ids) for r in run.train_rows]
-    batches = recipe.epoch_batches(lengths, run.accelerator.num_processes * 8, 0, 0)[: args.steps]
+    batches = recipe.epoch_batches(lengths, config.batch_size, config.seed, 0)[: args.steps]
     batches = [[run.train_rows[i] for i in b] for b in batches]
     shared = [recipe.shared_prefix_length(recipe.collate(b, run.pad_id, "cpu"), 10**6) for b in batches]
     tokens = sum(len(r.input_ids) for b in batches for r in b)
     print(
         f"machine: {cores()} cores, {mem_gib():.0f} GiB; smollm2-135m-instruct on {args.set}, bf16 autocast "
-        f"{run.bf16}; {len(batches)} steps of 8 rows, {tokens / len(batches):.0f} tokens a step, "
+        f"{run.bf16}; {len(batches)} steps of {len(batches[0])} rows, "
+        f"{tokens / len(batches):.0f} tokens a step, "
         f"{sum(shared) / len(shared):.0f} of each row shared by its batch"
     )
     model = run.model

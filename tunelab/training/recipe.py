@@ -16,6 +16,7 @@ each process takes its share of every batch's micro-batches and gradients are av
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -264,10 +265,15 @@ def shared_prefix_length(batch: dict[str, torch.Tensor], limit: int) -> int:
 
 def _cache_keyword(model) -> str:
     """transformers 5.25 renamed forward's `past_key_values` to `cache` (the old name warns, then goes)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return _forward_cache_keyword(type(base))
+
+
+@functools.cache
+def _forward_cache_keyword(model_class: type) -> str:  # read once per class, not every micro-batch
     import inspect
 
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "cache" if "cache" in inspect.signature(type(base).forward).parameters else "past_key_values"
+    return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"
 
 
 def summed_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:

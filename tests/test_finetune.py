@@ -242,6 +242,24 @@ def test_short_rows_train_with_eager_attention_on_a_cpu_and_the_same_loss(tiny_c
     assert losses["eager"] == pytest.approx(losses["sdpa"], rel=1e-5)
 
 
+def test_training_on_a_cpu_sets_eager_attention_for_short_rows(tiny_chat_dir, monkeypatch):
+    # the recipe's set-up applies the choice: short rows on a CPU train with eager attention
+    from transformers import PreTrainedModel
+
+    chosen = []
+    original = PreTrainedModel.set_attn_implementation
+
+    def record(self, attention, *args, **kwargs):
+        chosen.append(attention)
+        return original(self, attention, *args, **kwargs)
+
+    monkeypatch.setattr(PreTrainedModel, "set_attn_implementation", record)
+    runner = BasicModelRunner(str(tiny_chat_dir))
+    runner.load_data(FACTS)
+    runner.train(epochs=1, batch_size=2, eval_fraction=0, progress=False, **PLAIN)
+    assert "eager" in chosen, chosen
+
+
 def test_frozen_bf16_base_weights_give_the_same_loss_and_lora_gradients_under_autocast(tiny_chat_dir):
     """Storing the frozen linears in bf16 changes no number: autocast casts them for every matmul."""
     from accelerate import Accelerator

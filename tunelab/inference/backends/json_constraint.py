@@ -33,13 +33,13 @@ def llg_grammar(schema_json: str, *, after_marker: bool = False) -> str:
     import llguidance
 
     try:
-        closed = _closed_objects(json.loads(schema_json))
         if after_marker:
-            layout = {**closed, "x-guidance": LAYOUT} if isinstance(closed, dict) else closed
-            lark = f"start: /[ \\t\\r\\n]{{0,4}}/ value\nvalue: %json {json.dumps(layout)}"
+            lark = f"start: /[ \\t\\r\\n]{{0,4}}/ value\nvalue: %json {json.dumps(laid_out(schema_json))}"
             grammar = llguidance.LLMatcher.grammar_from_lark(lark)
         else:
-            grammar = llguidance.LLMatcher.grammar_from_json_schema(json.dumps(closed), defaults=LAYOUT)
+            grammar = llguidance.LLMatcher.grammar_from_json_schema(
+                json.dumps(laid_out(schema_json)), defaults=LAYOUT
+            )
     except (ValueError, RuntimeError) as exc:
         raise TypedOutputError(f"the JSON schema cannot be used for constrained decoding: {exc}") from None
     is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar)
@@ -48,6 +48,14 @@ def llg_grammar(schema_json: str, *, after_marker: bool = False) -> str:
             f"the JSON schema cannot be used for constrained decoding: {'; '.join(messages)}"
         )
     return grammar
+
+
+def laid_out(schema_json: str):
+    """The schema as tunelab constrains it: closed objects (`_closed_objects`) and tunelab's JSON layout
+    in llguidance's `x-guidance` key, which overrides any caller's defaults (vLLM's guidance backend
+    compiles it the same way as tunelab's own backends)."""
+    closed = _closed_objects(json.loads(schema_json))
+    return {**closed, "x-guidance": LAYOUT} if isinstance(closed, dict) else closed
 
 
 class LlgLogitsProcessor:

@@ -34,6 +34,7 @@ from pathlib import Path
 from tunelab.errors import ConfigError, ModelFileError
 from tunelab.inference.backends.base import OnText
 from tunelab.inference.backends.hf_tokens import HfTokens
+from tunelab.inference.backends.json_constraint import laid_out
 from tunelab.inference.logprobs import TokenLogprob, TopLogprob
 from tunelab.inference.options import BackendOutput, GenerationOptions
 
@@ -102,6 +103,7 @@ class VllmBackend(HfTokens):
             "max_lora_rank": max_lora_rank,
             "max_model_len": max_model_len,
             "dtype": dtype,  # tunelab's names are vLLM's: auto | float32 | bfloat16 | float16
+            "structured_outputs_config": {"backend": "guidance"},  # see _structured
         }
         if vllm_on_cpu():
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
@@ -294,17 +296,12 @@ class VllmAdapter:
 
 
 def _structured(schema_json: str | None) -> dict:
-    """SamplingParams arguments that constrain the answer to a JSON schema (vLLM's own structured
-    outputs; the parameter's name changed across vLLM releases)."""
+    """SamplingParams arguments that constrain the answer to a JSON schema: vLLM's structured outputs on
+    its guidance backend (llguidance, the engine's `structured_outputs_config`), given the schema with
+    tunelab's layout in it (`laid_out`), so vLLM allows the same tokens as tunelab's own backends and a
+    model cannot pad the JSON with whitespace until its token limit (xgrammar's default allows any)."""
     if schema_json is None:
         return {}
-    import json
+    from vllm.sampling_params import StructuredOutputsParams
 
-    try:
-        from vllm.sampling_params import StructuredOutputsParams
-
-        return {"structured_outputs": StructuredOutputsParams(json=json.loads(schema_json))}
-    except ImportError:
-        from vllm.sampling_params import GuidedDecodingParams
-
-        return {"guided_decoding": GuidedDecodingParams(json=json.loads(schema_json))}
+    return {"structured_outputs": StructuredOutputsParams(json=laid_out(schema_json))}

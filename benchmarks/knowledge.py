@@ -12,6 +12,7 @@ fixed probes (the `general_probes` data set: easy general questions, scored the 
     python benchmarks/knowledge.py --json out.json
     python benchmarks/knowledge.py --sets all_fictional    # the four fictional sets as one: 120 facts
     python benchmarks/knowledge.py --sets fictional_docs   # documentation answers, as lamini_docs
+    python benchmarks/knowledge.py --model gemma-3-270m    # the other embedded model (base) tuned
 
 Prints, per set: held-out accuracy (and on the reverse-direction questions alone), the probes before
 and after, and training minutes; the baseline is the untuned model on the same questions.
@@ -58,7 +59,7 @@ def score(runner, questions: list[str], answers: list, max_new_tokens=64, replie
     return [names_any(r, a) for r, a in zip(replies, answers)]
 
 
-def run_set(name: str, overrides: dict, probes: list[dict], before: list[bool]) -> dict:
+def run_set(name: str, overrides: dict, probes: list[dict], before: list[bool], model: str) -> dict:
     from tunelab import BasicModelRunner
 
     records = load_set(name)
@@ -66,11 +67,11 @@ def run_set(name: str, overrides: dict, probes: list[dict], before: list[bool]) 
     heldout = [r for r in records if r["split"] == "heldout"]
     trained_keys = {r["answer"] for r in train}
     reverse = [r["answer"] not in trained_keys for r in heldout]
-    base = BasicModelRunner(MODEL)
+    base = BasicModelRunner(model)
     probe_q, probe_a = [p["input"] for p in probes], [p["answer"] for p in probes]
     base_heldout = score(base, [r["input"] for r in heldout], [r["answer"] for r in heldout])
 
-    runner = BasicModelRunner(MODEL)
+    runner = BasicModelRunner(model)
     # as a user's FAQ: question and answer only (no key phrase field)
     runner.load_data([{"question": r["input"], "answer": r["output"]} for r in train],
                      input_key="question", output_key="answer")  # fmt: skip
@@ -116,6 +117,7 @@ def main() -> None:
     parser.add_argument("--sets", nargs="*", default=SETS, choices=[*SETS, DOCS, LARGE])
     parser.add_argument("--set", action="append", default=[], help="a training setting, key=value")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--model", default=MODEL, help=f"the base model to tune (default {MODEL})")
     args = parser.parse_args()
     overrides = {}
     for item in args.set:
@@ -130,13 +132,13 @@ def main() -> None:
     from tunelab import BasicModelRunner, load_dataset
 
     probes = load_dataset("general_probes", "all")
-    before = score(BasicModelRunner(MODEL), [p["input"] for p in probes], [p["answer"] for p in probes])
+    before = score(BasicModelRunner(args.model), [p["input"] for p in probes], [p["answer"] for p in probes])
     machine = f"{cores()} cores, {mem_gib():.0f} GiB, {time.strftime('%Y-%m-%d')}"
-    print(f"# knowledge tuning, {MODEL}, settings {overrides or 'defaults'}; {machine}")
+    print(f"# knowledge tuning, {args.model}, settings {overrides or 'defaults'}; {machine}")
     rows = []
     print("set | facts | held-out acc (base) | forward | reverse | trained phrasing | probes | minutes")
     for name in args.sets:
-        row = run_set(name, overrides, probes, before)
+        row = run_set(name, overrides, probes, before, args.model)
         rows.append(row)
         rev = "-" if row["reverse_accuracy"] is None else f"{row['reverse_accuracy']:.0%}"
         print(

@@ -12,7 +12,10 @@ of each is kept. The ways:
 - `shared start`: the start every row shares (the template's system prompt) run once, its KV cache
   given to every row (`recipe.summed_loss`);
 - `eager attention`: plain matmul + softmax attention instead of sdpa (`recipe.eager_attention_fits`);
-- `both`: what the recipe does now on a CPU for rows this short.
+- `both`: what the recipe does now on a CPU for rows this short;
+- `compiled layers` (`--compile`): each decoder layer through `torch.compile(dynamic=True)` (inductor;
+  one graph the layers share), whole rows, eager attention; its compile time is printed apart (the
+  first steps), the other ways run with torch.compile's stance `force_eager`.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import argparse
 import json
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -36,6 +40,7 @@ def main() -> None:
     parser.add_argument("--set", default="acme_company", help="a fact set in benchmarks/knowledge/")
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--compile", action="store_true", help="also time compiled decoder layers")
     args = parser.parse_args()
 
     import tunelab.training.recipe as recipe
@@ -67,19 +72,34 @@ def main() -> None:
         "eager attention": (False, "eager"),
         "both": (True, "eager"),
     }
+
+    def one_pass() -> float:
+        start = time.perf_counter()
+        for rows in batches:
+            recipe.backward_batch(
+                run.accelerator, model, [rows], recipe.answer_tokens(rows), run.pad_id, run.bf16
+            )
+            model.zero_grad(set_to_none=True)
+        return time.perf_counter() - start
+
+    if args.compile:
+        import torch
+
+        ways["compiled layers"] = (False, "eager")
+        for layer in (m for m in model.modules() if type(m).__name__.endswith("DecoderLayer")):
+            layer.compile(dynamic=True)
+        recipe.SHARED_PREFIX_MIN = 10**9
+        model.set_attn_implementation("eager")
+        print(f"compiling: the first pass over the {len(batches)} steps took {one_pass():.0f} s")
     best = {way: float("inf") for way in ways}
     wait_idle(120)
     for _ in range(args.repeats):
         for way, (share, attention) in ways.items():
             recipe.SHARED_PREFIX_MIN = 8 if share else 10**9
             model.set_attn_implementation(attention)
-            start = time.perf_counter()
-            for rows in batches:
-                recipe.backward_batch(
-                    run.accelerator, model, [rows], recipe.answer_tokens(rows), run.pad_id, run.bf16
-                )
-                model.zero_grad(set_to_none=True)
-            best[way] = min(best[way], (time.perf_counter() - start) / len(batches))
+            stance = "default" if way == "compiled layers" else "force_eager"
+            with torch.compiler.set_stance(stance) if args.compile else nullcontext():
+                best[way] = min(best[way], one_pass() / len(batches))
     for way, seconds in best.items():
         print(f"{way:16s} {seconds:.3f} s a step   {best['baseline'] / seconds:.2f}x the baseline")
 

@@ -21,11 +21,13 @@ from tunelab.training.recipe import (
     answer_tokens,
     backward_batch,
     collate,
+    compile_layers,
     eager_attention_fits,
     epoch_batches,
     latest_checkpoint,
     make_config,
     shared_prefix_length,
+    should_compile,
     store_frozen_linears_in_bf16,
     summed_loss,
     tokenize_example,
@@ -258,6 +260,57 @@ def test_training_on_a_cpu_sets_eager_attention_for_short_rows(tiny_chat_dir, mo
     runner.load_data(FACTS)
     runner.train(epochs=1, batch_size=2, eval_fraction=0, progress=False, **PLAIN)
     assert "eager" in chosen, chosen
+
+
+def test_compiled_layers_give_the_same_loss_and_gradients_and_generation_compiles_nothing(tiny_chat_dir):
+    from types import SimpleNamespace
+
+    from accelerate import Accelerator
+    from peft import LoraConfig, get_peft_model
+    from torch._dynamo.utils import counters
+    from transformers import AutoModelForCausalLM
+
+    cpu = Accelerator(cpu=True)
+    assert not should_compile("auto", 100, cpu)  # too short a run to pay for the compile
+    assert not should_compile("off", 10**4, cpu) and should_compile("on", 1, cpu)
+    two = SimpleNamespace(device=torch.device("cpu"), num_processes=2)
+    assert not should_compile("auto", 10**4, two)  # DDP: whole rows, uncompiled
+    gpu = SimpleNamespace(device=torch.device("cuda"), num_processes=1)
+    assert not should_compile("auto", 10**4, gpu)  # not measured there
+
+    tok = tokenizer_for(tiny_chat_dir)
+    template = training_template("auto", tok, "tiny", add_bos=False)
+    rows = [tokenize_example(e, template, tok, False) for e in examples()]
+
+    def loss_and_grads(compiled: bool):
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_pretrained(tiny_chat_dir, dtype=torch.float32)
+        config = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False)
+        model = get_peft_model(model, config)
+        if compiled:
+            assert compile_layers(model)
+        loss = backward_batch(
+            cpu, model, [rows], answer_tokens(rows), tok.pad_token_id, bf16=False, share_start=not compiled
+        )
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+        return model, loss.item(), grads
+
+    torch._dynamo.reset()
+    counters.clear()
+    _, loss, grads = loss_and_grads(False)
+    assert counters["stats"]["unique_graphs"] == 0
+    model, loss_compiled, grads_compiled = loss_and_grads(True)
+    graphs = counters["stats"]["unique_graphs"]
+    assert graphs >= 1  # the layers ran compiled
+    assert loss_compiled == pytest.approx(loss, rel=1e-4)
+    assert grads_compiled.keys() == grads.keys() and len(grads) > 0
+    for name, grad in grads.items():
+        assert (grads_compiled[name] - grad).norm() <= 1e-3 * grad.norm(), name
+    # generation (a KV cache per layer) with compiling off, as a compiled run answers held-out questions
+    prompt = tok("Who runs the Brinmoor chess club?", return_tensors="pt")
+    with torch.compiler.set_stance("force_eager"), torch.no_grad():
+        model.generate(**prompt, max_new_tokens=4, do_sample=False)
+    assert counters["stats"]["unique_graphs"] == graphs
 
 
 def test_frozen_bf16_base_weights_give_the_same_loss_and_lora_gradients_under_autocast(tiny_chat_dir):

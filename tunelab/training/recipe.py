@@ -102,6 +102,10 @@ class TrainConfig(BaseModel):
     # which backend "auto" runs on llama.cpp: Q8_0 runs at 1.1x its base with the held-out accuracy of
     # F16 (85.8% vs 85.0% over four fact sets), F16 at 0.84-0.92x (benchmarks/tuned_formats.py)
     fast_gguf: Literal["q8_0", "f16"] = "q8_0"
+    # torch.compile of the decoder layers for the training steps (compile_layers): "auto" where it was
+    # measured to pay (a CPU, one process, COMPILE_MIN_STEPS steps or more, a C++ compiler); not part of
+    # the model's id (the same weights up to float rounding)
+    compile: Literal["auto", "on", "off"] = "auto"
 
     @property
     def lr(self) -> float:
@@ -276,7 +280,7 @@ def _forward_cache_keyword(model_class: type) -> str:  # read once per class, no
     return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"
 
 
-def summed_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+def summed_loss(model, batch: dict[str, torch.Tensor], *, share_start: bool = True) -> torch.Tensor:
     """Sum of token losses over the answer tokens of a micro-batch (the caller divides once).
 
     Logits are computed only from the first position whose next token is learned: the prompts before
@@ -284,6 +288,7 @@ def summed_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     The start all rows share (`shared_prefix_length`, e.g. the system prompt) is run once, for one row,
     and its key/value cache repeated for the others: the same loss and gradients (every row's prefix
     computes the same values), for a third fewer tokens through the model on SmolLM2's template.
+    `share_start=False` gives whole rows (compiled layers: a cache would compile a graph per layer).
     """
     labels, ids, mask = batch["labels"], batch["input_ids"], batch["attention_mask"]
     learned = (labels[:, 1:] != IGNORE).any(dim=0).nonzero()
@@ -291,7 +296,7 @@ def summed_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     keep = labels.shape[1] - first  # logits for positions first .. T-1
     # under DDP (`accelerate launch`) whole rows: its reducer expects one forward call per backward
     ddp = isinstance(model, torch.nn.parallel.DistributedDataParallel)
-    shared = 0 if ddp else shared_prefix_length(batch, first)
+    shared = 0 if ddp or not share_start else shared_prefix_length(batch, first)
     if shared:
         from transformers import DynamicCache
 
@@ -313,7 +318,9 @@ def summed_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     )
 
 
-def backward_batch(accelerator, model, chunks, n_answer: int, pad_id: int, bf16: bool, *, idle=False):
+def backward_batch(
+    accelerator, model, chunks, n_answer: int, pad_id: int, bf16: bool, *, idle=False, share_start=True
+):
     """Backward over this process's micro-batches; returns its part of the batch's mean answer loss.
 
     Each micro-batch's summed loss is divided by the token count of the *whole* batch, so the
@@ -327,7 +334,8 @@ def backward_batch(accelerator, model, chunks, n_answer: int, pad_id: int, bf16:
     for k, chunk in enumerate(chunks):
         with accelerator.no_sync(model) if k < len(chunks) - 1 else nullcontext():
             with torch.autocast(accelerator.device.type, torch.bfloat16, enabled=bf16):
-                loss = summed_loss(model, collate(chunk, pad_id, accelerator.device)) * weight
+                batch = collate(chunk, pad_id, accelerator.device)
+                loss = summed_loss(model, batch, share_start=share_start) * weight
             accelerator.backward(loss)
         total += loss.detach() / world
     return total
@@ -346,7 +354,8 @@ def data_hash(examples: list[Example]) -> str:
 def model_id_for(base_name: str, config: TrainConfig, digest: str) -> str:
     """`<base>-tuned-<8 hex>`; the same base, data and settings give the same id (a resume finds its run)."""
     stem = re.sub(r"[^a-z0-9.-]+", "-", Path(base_name).name.lower().removesuffix(".gguf")).strip("-")
-    ident = hashlib.sha256(f"{base_name}|{digest}|{config.model_dump_json()}".encode()).hexdigest()[:8]
+    settings = config.model_dump_json(exclude={"compile"})
+    ident = hashlib.sha256(f"{base_name}|{digest}|{settings}".encode()).hexdigest()[:8]
     return f"{stem or 'model'}-tuned-{ident}"
 
 
@@ -514,6 +523,7 @@ class Run:
     best_step: int | None = None  # the step with the best held-out accuracy so far
     best_accuracy: float = -1.0
     eval_every: int = 20  # steps between evaluations (TrainConfig.eval_every, or chosen for the run)
+    compiled: bool = False  # the decoder layers run compiled in training steps (compile_layers)
 
     @property
     def main(self) -> bool:
@@ -556,7 +566,8 @@ def train(
     run = setup(base, examples, settings, config, model_id)  # 1-3. model, data, optimizer
     resume_or_start(run, resume)  # 4. where this run lives; resume from its last checkpoint
     train_loop(run, config, progress=progress, stop_after_steps=stop_after_steps, on_step=on_step)  # 5.
-    knowledge = report_knowledge(run, config) if run.main and config.knowledge_report else None
+    with eager_calls(run):
+        knowledge = report_knowledge(run, config) if run.main and config.knowledge_report else None
     result = TrainResult(  # 6. the registry entry
         model_id=run.model_id,
         path=model_dir(settings, run.model_id),
@@ -666,6 +677,8 @@ def setup(
     if eager_attention_fits(model.config, longest, config.micro_batch_size, accelerator.device.type):
         model.set_attn_implementation("eager")  # else the attention the model loaded with (sdpa)
 
+    compiled = should_compile(config.compile, total_steps, accelerator) and compile_layers(model)
+
     # 3. optimizer + schedule
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
@@ -679,7 +692,7 @@ def setup(
         accelerator, model, tokenizer, template, base_path, pad_id, bf16,
         train_examples, eval_examples, train_rows, eval_rows, steps_per_epoch, total_steps,
         trainable, optimizer, scheduler, model_id, digest, run_dir(settings, model_id), heldout, add_bos,
-        counts, eval_every=eval_interval(config, total_steps),
+        counts, eval_every=eval_interval(config, total_steps), compiled=compiled,
     )  # fmt: skip
 
 
@@ -701,6 +714,51 @@ def eager_attention_fits(model_config, longest: int, micro_batch_size: int, devi
     layers = getattr(model_config, "num_hidden_layers", 1)
     # fp32 scores, fp32 softmax, and the probabilities cast back: ~12 bytes a score
     return micro_batch_size * heads * longest * longest * layers * 12 <= EAGER_ATTENTION_BYTES
+
+
+# torch.compile of the decoder layers pays from about this many steps: on the 2-core CPU compiling
+# took ~30 s and a step went from 1.50 to 1.30 s (benchmarks/train_step.py --compile)
+COMPILE_MIN_STEPS = 250
+
+
+def should_compile(mode: str, total_steps: int, accelerator) -> bool:
+    """Whether to compile the decoder layers (TrainConfig.compile): "auto" only on a CPU, in one
+    process, for COMPILE_MIN_STEPS steps or more and where inductor finds a C++ compiler."""
+    if mode != "auto":
+        return mode == "on"
+    if accelerator.device.type != "cpu" or accelerator.num_processes != 1 or total_steps < COMPILE_MIN_STEPS:
+        return False
+    import shutil
+
+    try:
+        from torch._inductor.cpp_builder import get_cpp_compiler
+
+        return shutil.which(get_cpp_compiler()) is not None
+    except Exception:  # no compiler found (it raises), or an inductor without this helper
+        return False
+
+
+def compile_layers(model) -> bool:
+    """torch.compile (inductor, `dynamic=True`) each decoder layer for the training steps; returns
+    whether it did. The layers share one graph (one compile for all); their calls with a KV cache
+    (generation, the shared start) would compile a graph per layer, so a compiled run gives whole rows
+    and answers held-out questions with compiling off (`eager_calls`)."""
+    layers = [m for m in model.modules() if type(m).__name__.endswith("DecoderLayer")]
+    for layer in layers:
+        layer.compile(dynamic=True)
+    if layers:
+        log.info("decoder layers compiled for training (torch.compile); the first step compiles them")
+    return bool(layers)
+
+
+def eager_calls(run: Run):
+    """Compiling off for calls outside the training steps (generation, eval loss) of a compiled run."""
+    return torch.compiler.set_stance("force_eager") if run.compiled else nullcontext()
+
+
+def compile_errors_fall_back(run: Run):
+    """A layer inductor cannot compile here runs as written (with a warning), not a failed run."""
+    return torch._dynamo.config.patch(suppress_errors=True) if run.compiled else nullcontext()
 
 
 def eval_interval(config: TrainConfig, total_steps: int) -> int:
@@ -763,8 +821,7 @@ def train_loop(
     bar = _progress(run.total_steps, run.model_id, enabled=progress and run.main)
     bar.update(run.step)
     model.train()
-    trained_tokens, loop_started = 0, time.perf_counter()
-    world, rank = accelerator.num_processes, accelerator.process_index
+    trained_tokens, loop_started, first_step_ended = 0, time.perf_counter(), None
     lengths = [len(r.input_ids) for r in run.train_rows]
     batches_of: dict[int, list[list[int]]] = {}  # one epoch's order, computed once per epoch
     while run.step < run.total_steps:
@@ -772,18 +829,11 @@ def train_loop(
         if epoch not in batches_of:
             batches_of = {epoch: epoch_batches(lengths, config.batch_size, config.seed, epoch)}
         rows = [run.train_rows[i] for i in batches_of[epoch][index]]
-        n_answer = answer_tokens(rows)  # the full batch's count, on every process
-        micro = [rows[i : i + config.micro_batch_size] for i in range(0, len(rows), config.micro_batch_size)]
-        mine = micro[rank::world]
-        step_loss = backward_batch(
-            accelerator, model, mine or [rows[:1]], n_answer, run.pad_id, run.bf16, idle=not mine
-        )
-        accelerator.clip_grad_norm_(run.trainable, config.max_grad_norm)
-        run.optimizer.step()
-        run.scheduler.step()
-        run.optimizer.zero_grad(set_to_none=True)
+        step_loss = optimizer_step(run, config, rows)
         run.step += 1
         step = run.step
+        if first_step_ended is None:  # the first step of a process compiles and warms up
+            first_step_ended = time.perf_counter()
         trained_tokens += sum(len(r.input_ids) for r in rows)
         train_loss = accelerator.reduce(step_loss, reduction="sum").item()
         record: dict[str, Any] = {
@@ -796,7 +846,9 @@ def train_loop(
         evaluate_step(run, config, record, over_time=time.perf_counter() - loop_started)
         run.metrics.append(record)
         if step - (run.resumed_from or 0) == FIT_AFTER_STEPS and config.time_budget_s is not None:
-            fit_to_budget(run, config, time.perf_counter() - loop_started, bar)
+            now = time.perf_counter()
+            per_step = (now - first_step_ended) / (FIT_AFTER_STEPS - 1)
+            fit_to_budget(run, config, now - loop_started, per_step, bar)
         bar.update(1, loss=train_loss, tps=record["tokens_per_s"])
         saved = run.main and (step % config.checkpoint_every == 0 or step == run.total_steps)
         if saved:
@@ -822,12 +874,31 @@ def train_loop(
         restore_best(run)
 
 
-def fit_to_budget(run: Run, config: TrainConfig, elapsed: float, bar) -> None:
+def optimizer_step(run: Run, config: TrainConfig, rows: list[Tokenized]) -> torch.Tensor:
+    """One optimizer step on a batch: its micro-batches shared among the processes, backward, gradient
+    clipping, the optimizer and schedule; returns this process's part of the batch's mean loss."""
+    accelerator, world, rank = run.accelerator, run.accelerator.num_processes, run.accelerator.process_index
+    n_answer = answer_tokens(rows)  # the full batch's count, on every process
+    micro = [rows[i : i + config.micro_batch_size] for i in range(0, len(rows), config.micro_batch_size)]
+    mine = micro[rank::world]
+    with compile_errors_fall_back(run):
+        step_loss = backward_batch(
+            accelerator, run.model, mine or [rows[:1]], n_answer, run.pad_id, run.bf16,
+            idle=not mine, share_start=not run.compiled,
+        )  # fmt: skip
+    accelerator.clip_grad_norm_(run.trainable, config.max_grad_norm)
+    run.optimizer.step()
+    run.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    return step_loss
+
+
+def fit_to_budget(run: Run, config: TrainConfig, elapsed: float, per_step: float, bar) -> None:
     """Shorten the run (and its learning-rate schedule) so the loop ends within the time budget, judged
-    by the time its first steps took (evaluations included, with a margin)."""
+    by the time a step took after the first (evaluations included, with a margin): the first compiles
+    the layers (compile_layers) or warms up."""
     from transformers import get_cosine_schedule_with_warmup
 
-    per_step = elapsed / FIT_AFTER_STEPS
     fits = run.step + int((config.time_budget_s - elapsed) / per_step * 0.85)
     if fits >= run.total_steps:
         return
@@ -849,8 +920,9 @@ def evaluate_step(run: Run, config: TrainConfig, record: dict[str, Any], *, over
     out_of_time = config.time_budget_s is not None and over_time > config.time_budget_s
     if not (run.step % run.eval_every == 0 or run.step == run.total_steps or out_of_time):
         return
-    record["eval_loss"] = eval_loss(run, config.micro_batch_size)
-    stop = evaluate_answers(run, config, record)
+    with eager_calls(run):
+        record["eval_loss"] = eval_loss(run, config.micro_batch_size)
+        stop = evaluate_answers(run, config, record)
     if out_of_time or stop:
         record["stopped"] = "time budget" if out_of_time else stop
         run.total_steps = run.step  # the run ends here, complete

@@ -262,13 +262,22 @@ def test_training_on_a_cpu_sets_eager_attention_for_short_rows(tiny_chat_dir, mo
     assert "eager" in chosen, chosen
 
 
+def random_lora(model_dir):
+    """The tiny model with a rank-4 LoRA of random (non-zero) weights on every linear layer, seeded."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    config = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False)
+    return get_peft_model(model, config)
+
+
 def test_compiled_layers_give_the_same_loss_and_gradients_and_generation_compiles_nothing(tiny_chat_dir):
     from types import SimpleNamespace
 
     from accelerate import Accelerator
-    from peft import LoraConfig, get_peft_model
     from torch._dynamo.utils import counters
-    from transformers import AutoModelForCausalLM
 
     cpu = Accelerator(cpu=True)
     assert not should_compile("auto", 100, cpu)  # too short a run to pay for the compile
@@ -283,10 +292,7 @@ def test_compiled_layers_give_the_same_loss_and_gradients_and_generation_compile
     rows = [tokenize_example(e, template, tok, False) for e in examples()]
 
     def loss_and_grads(compiled: bool):
-        torch.manual_seed(0)
-        model = AutoModelForCausalLM.from_pretrained(tiny_chat_dir, dtype=torch.float32)
-        config = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False)
-        model = get_peft_model(model, config)
+        model = random_lora(tiny_chat_dir)
         if compiled:
             assert compile_layers(model)
         loss = backward_batch(
@@ -316,8 +322,6 @@ def test_compiled_layers_give_the_same_loss_and_gradients_and_generation_compile
 def test_frozen_bf16_base_weights_give_the_same_loss_and_lora_gradients_under_autocast(tiny_chat_dir):
     """Storing the frozen linears in bf16 changes no number: autocast casts them for every matmul."""
     from accelerate import Accelerator
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
 
     tok = tokenizer_for(tiny_chat_dir)
     template = training_template("auto", tok, "tiny", add_bos=False)
@@ -325,10 +329,7 @@ def test_frozen_bf16_base_weights_give_the_same_loss_and_lora_gradients_under_au
     accelerator = Accelerator(cpu=True)
 
     def loss_and_grads(bf16_storage: bool):
-        torch.manual_seed(0)
-        model = AutoModelForCausalLM.from_pretrained(tiny_chat_dir, dtype=torch.float32)
-        config = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False)
-        model = get_peft_model(model, config)
+        model = random_lora(tiny_chat_dir)
         if bf16_storage:
             store_frozen_linears_in_bf16(model)
         loss = backward_batch(accelerator, model, [rows], answer_tokens(rows), tok.pad_token_id, bf16=True)

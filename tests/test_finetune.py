@@ -26,6 +26,7 @@ from tunelab.training.recipe import (
     epoch_batches,
     latest_checkpoint,
     make_config,
+    model_id_for,
     shared_prefix_length,
     should_compile,
     store_frozen_linears_in_bf16,
@@ -317,6 +318,22 @@ def test_compiled_layers_give_the_same_loss_and_gradients_and_generation_compile
     with torch.compiler.set_stance("force_eager"), torch.no_grad():
         model.generate(**prompt, max_new_tokens=4, do_sample=False)
     assert counters["stats"]["unique_graphs"] == graphs
+
+
+def test_a_compiled_run_trains_evaluates_and_reports_with_the_layers_compiled(tiny_chat_dir, tunelab_home):
+    # the recipe's own path: compiled steps (compile errors falling back), held-out answers and the
+    # knowledge report with compiling off; the same model id as uncompiled (a speed setting)
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    facts = FACTS + [{"input": r["input"].replace("?", " now?"), "output": r["output"]} for r in FACTS]
+    runner = BasicModelRunner(str(tiny_chat_dir))
+    runner.load_data(facts)
+    result = runner.train(epochs=2, batch_size=2, eval_every=2, compile="on", progress=False, **PLAIN)
+    assert counters["stats"]["unique_graphs"] >= 1
+    assert result.heldout_accuracy is not None and result.knowledge is not None
+    assert model_id_for("b", make_config(compile="on"), "d") == model_id_for("b", make_config(), "d")
 
 
 def test_frozen_bf16_base_weights_give_the_same_loss_and_lora_gradients_under_autocast(tiny_chat_dir):

@@ -102,10 +102,11 @@ class TrainConfig(BaseModel):
     # which backend "auto" runs on llama.cpp: Q8_0 runs at 1.1x its base with the held-out accuracy of
     # F16 (85.8% vs 85.0% over four fact sets), F16 at 0.84-0.92x (benchmarks/tuned_formats.py)
     fast_gguf: Literal["q8_0", "f16"] = "q8_0"
-    # torch.compile of the decoder layers for the training steps (compile_layers): "auto" where it was
-    # measured to pay (a CPU, one process, COMPILE_MIN_STEPS steps or more, a C++ compiler); not part of
-    # the model's id (the same weights up to float rounding)
-    compile: Literal["auto", "on", "off"] = "auto"
+    # torch.compile of the decoder layers for the training steps (compile_layers): "auto" where it pays
+    # in time (a CPU, one process, COMPILE_MIN_STEPS steps or more, a C++ compiler). Off by default: at
+    # 120 facts it trained 1.09x faster but kept fewer general probes in both seeds tried (57% and 65%
+    # after, against 75% and 75%; RESULTS.md). Not part of the model's id.
+    compile: Literal["auto", "on", "off"] = "off"
 
     @property
     def lr(self) -> float:

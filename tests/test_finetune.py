@@ -24,6 +24,7 @@ from tunelab.training.recipe import (
     compile_layers,
     eager_attention_fits,
     epoch_batches,
+    fit_to_budget,
     latest_checkpoint,
     make_config,
     model_id_for,
@@ -592,3 +593,85 @@ def test_a_run_stopped_on_request_keeps_the_step_it_stopped_at(tiny_chat_dir, tm
             on_step=lambda record: record["step"] < 3,
         )
     assert latest_checkpoint(run_dir(settings, "stopped")).name == "step-3"
+
+
+class _Bar:
+    def resize(self, total: int) -> None:
+        self.total = total
+
+
+def _budget_run(step: int, total: int, planned: int):
+    """What fit_to_budget reads and changes of a run: its steps, optimizer and schedule."""
+    from types import SimpleNamespace
+
+    from accelerate import PartialState
+    from transformers import get_cosine_schedule_with_warmup
+
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))], lr=1e-3)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, 0, total)
+    for _ in range(step):
+        optimizer.step()
+        scheduler.step()
+    accelerator = SimpleNamespace(num_processes=PartialState().num_processes)
+    return SimpleNamespace(step=step, total_steps=total, planned_steps=planned, optimizer=optimizer,
+                           scheduler=scheduler, accelerator=accelerator)  # fmt: skip
+
+
+def test_the_time_budget_shortens_a_slow_run_and_gives_the_steps_back_when_the_pace_recovers():
+    config = make_config(time_budget_s=100, warmup_fraction=0)
+    run = _budget_run(step=10, total=400, planned=400)
+    fit_to_budget(run, config, elapsed=10.0, per_step=1.0, bar=_Bar())  # 90 s left at 1 s a step
+    assert run.total_steps == 10 + int(90 * 0.85)
+    # the schedule cools by the new last step: its rate is a fresh cosine schedule's at this step
+    fresh = _budget_run(step=10, total=run.total_steps, planned=400)
+    assert run.scheduler.get_last_lr() == pytest.approx(fresh.scheduler.get_last_lr())
+    fit_to_budget(run, config, elapsed=20.0, per_step=0.1, bar=_Bar())  # faster now: all of them fit
+    assert run.total_steps == 400  # never past the epochs' steps
+    fit_to_budget(run, config, elapsed=21.0, per_step=0.177, bar=_Bar())  # 389 fit: under 5%, no change
+    assert run.total_steps == 400
+
+
+def test_a_slow_start_does_not_cut_the_run_when_the_machine_frees_up(
+    tiny_chat_dir, tunelab_home, monkeypatch
+):
+    """Another program busy during the first steps (each takes 0.5 s), then an idle machine: the run
+    is shortened at step 10, lengthened back at the next judgments, and trains all its steps."""
+    import tunelab.training.recipe as recipe
+
+    step_of = recipe.optimizer_step
+
+    def busy_at_first(run, config, rows):
+        if run.step < 10:
+            time.sleep(0.5)
+        return step_of(run, config, rows)
+
+    monkeypatch.setattr(recipe, "optimizer_step", busy_at_first)
+    runner = BasicModelRunner(str(tiny_chat_dir))
+    runner.load_data(FACTS * 2)  # 8 examples: 4 steps an epoch
+    result = runner.train(
+        epochs=10, batch_size=2, eval_fraction=0, eval_every=5, time_budget_s=12, progress=False, **PLAIN
+    )
+    assert (result.steps, result.stopped, result.steps_text) == (40, None, "40 steps")
+    metrics = [json.loads(line) for line in (result.path / "metrics.jsonl").read_text().splitlines()]
+    assert metrics[-1]["learning_rate"] == pytest.approx(0.0, abs=1e-12)  # the schedule ran its course
+
+
+def test_a_run_cut_by_the_time_budget_says_so(tiny_chat_dir, tunelab_home, monkeypatch):
+    import tunelab.training.recipe as recipe
+
+    step_of = recipe.optimizer_step
+
+    def slow(run, config, rows):
+        time.sleep(0.3)
+        return step_of(run, config, rows)
+
+    monkeypatch.setattr(recipe, "optimizer_step", slow)
+    runner = BasicModelRunner(str(tiny_chat_dir))
+    runner.load_data(FACTS * 2)
+    result = runner.train(
+        epochs=10, batch_size=2, eval_fraction=0, eval_every=5, time_budget_s=6, progress=False, **PLAIN
+    )
+    assert 10 < result.steps < 30 and result.planned_steps == 40 and result.stopped == "time budget"
+    assert result.steps_text == f"{result.steps} of 40 steps (stopped: time budget)"
+    record = json.loads((result.path / "tunelab.json").read_text())
+    assert record["metrics"]["planned_steps"] == 40 and record["metrics"]["stopped"] == "time budget"

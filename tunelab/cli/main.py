@@ -420,7 +420,7 @@ def train(
         return
     eval_part = f", eval loss {result.eval_loss:.3f}" if result.eval_loss is not None else ""
     err.print(
-        f"[green]tuned[/] {result.steps} steps in {result.seconds:.0f} s, train loss {result.train_loss:.3f}"
+        f"[green]tuned[/] {result.steps_text} in {result.seconds:.0f} s, train loss {result.train_loss:.3f}"
         f"{eval_part}, {result.tokens_per_s:.0f} tokens/s; saved in {result.path}",
         highlight=False,
     )

@@ -109,7 +109,7 @@ def run_tuning(console: Console, *, backend: str | None = None, out_dir: Path | 
     # busy the machine is (a guard fitted on a loaded machine cut a run to 34 steps: 7% held-out)
     result = runner.train(time_budget_s=None)
     console.print(
-        f"tuned [bold]{result.model_id}[/] in {result.seconds:.0f} s ({result.steps} steps, "
+        f"tuned [bold]{result.model_id}[/] in {result.seconds:.0f} s ({result.steps_text}, "
         f"{result.tokens_per_s:.0f} tokens/s); loss curve: {result.path / 'loss.png'}; "
         f"knowledge report: {result.path / 'knowledge.html'}",
         highlight=False,

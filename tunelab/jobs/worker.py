@@ -196,6 +196,6 @@ class JobWorker:
         if done:
             store.add_event(
                 job.id,
-                f"The job has successfully completed: {result.model_id} ({result.steps} steps, "
+                f"The job has successfully completed: {result.model_id} ({result.steps_text}, "
                 f"final training loss {result.train_loss:.4f})",
             )

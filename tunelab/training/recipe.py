@@ -141,10 +141,19 @@ class TrainResult:
     processes: int = 1  # training processes (more under `accelerate launch`)
     heldout_accuracy: float | None = None  # of the saved step, on the questions kept back
     knowledge: dict | None = None  # the knowledge report (evaluation.knowledge), also in the entry
+    planned_steps: int | None = None  # the epochs' steps
+    stopped: str | None = None  # why fewer steps than planned were trained (the time budget, patience)
 
     @property
     def model_name(self) -> str:
         return self.model_id
+
+    @property
+    def steps_text(self) -> str:
+        """ "202 steps", or "104 of 548 steps (stopped: time budget)" for a run that ended early."""
+        if not self.stopped:
+            return f"{self.steps} steps"
+        return f"{self.steps} of {self.planned_steps} steps (stopped: {self.stopped})"
 
 
 @dataclass
@@ -508,7 +517,7 @@ class Run:
     train_rows: list[Tokenized]
     eval_rows: list[Tokenized]
     steps_per_epoch: int
-    total_steps: int
+    total_steps: int  # the steps the run will train: its epochs', or fewer to fit the time budget
     trainable: list
     optimizer: Any
     scheduler: Any
@@ -525,6 +534,10 @@ class Run:
     best_accuracy: float = -1.0
     eval_every: int = 20  # steps between evaluations (TrainConfig.eval_every, or chosen for the run)
     compiled: bool = False  # the decoder layers run compiled in training steps (compile_layers)
+    planned_steps: int = 0  # the epochs' steps (total_steps before any fit to the time budget)
+
+    def __post_init__(self) -> None:
+        self.planned_steps = self.planned_steps or self.total_steps
 
     @property
     def main(self) -> bool:
@@ -585,6 +598,8 @@ def train(
         processes=run.accelerator.num_processes,
         heldout_accuracy=kept_accuracy(run, config),
         knowledge=knowledge.to_dict() if knowledge else None,
+        planned_steps=run.planned_steps,
+        stopped=stop_reason(run),
     )
     if knowledge and progress:
         from rich.console import Console
@@ -846,10 +861,11 @@ def train_loop(
         }
         evaluate_step(run, config, record, over_time=time.perf_counter() - loop_started)
         run.metrics.append(record)
-        if step - (run.resumed_from or 0) == FIT_AFTER_STEPS and config.time_budget_s is not None:
-            now = time.perf_counter()
-            per_step = (now - first_step_ended) / (FIT_AFTER_STEPS - 1)
-            fit_to_budget(run, config, now - loop_started, per_step, bar)
+        timed = step - (run.resumed_from or 0) - 1  # steps since the first (which compiles, warms up)
+        judged = timed + 1 == FIT_AFTER_STEPS or (timed >= FIT_AFTER_STEPS and step % run.eval_every == 0)
+        if judged and config.time_budget_s is not None and step < run.total_steps:
+            now = time.perf_counter()  # the pace so far, evaluations included
+            fit_to_budget(run, config, now - loop_started, (now - first_step_ended) / timed, bar)
         bar.update(1, loss=train_loss, tps=record["tokens_per_s"])
         saved = run.main and (step % config.checkpoint_every == 0 or step == run.total_steps)
         if saved:
@@ -895,30 +911,51 @@ def optimizer_step(run: Run, config: TrainConfig, rows: list[Tokenized]) -> torc
 
 
 def fit_to_budget(run: Run, config: TrainConfig, elapsed: float, per_step: float, bar) -> None:
-    """Shorten the run (and its learning-rate schedule) so the loop ends within the time budget, judged
-    by the time a step took after the first (evaluations included, with a margin): the first compiles
-    the layers (compile_layers) or warms up."""
+    """Fit the run (and its learning-rate schedule) to the time budget, at the pace so far: judged after
+    FIT_AFTER_STEPS steps and again at every evaluation step (the pace then includes evaluations), so
+    a slow start (another program busy for a minute) shortens a run only until the pace recovers, and
+    a machine that slows later cools the schedule before the budget ends the run. A run shortens
+    when its steps do not fit (with a 15% margin) and lengthens back, never past its epochs, when
+    more fit; changes under 5% are not made. Every process takes the main process's decision."""
     from transformers import get_cosine_schedule_with_warmup
 
     fits = run.step + int((config.time_budget_s - elapsed) / per_step * 0.85)
-    if fits >= run.total_steps:
+    fits = agreed(run.accelerator, min(max(fits, run.step + 1), run.planned_steps))
+    if abs(fits - run.total_steps) <= 0.05 * run.total_steps and fits != run.planned_steps:
         return
-    fits = max(fits, run.step + 1)
-    log.warning(
-        "%d steps do not fit the time budget of %.0f s (%.1f s a step): the run ends at step %d; "
-        "time_budget_s=None trains them all",
-        run.total_steps, config.time_budget_s, per_step, fits,
-    )  # fmt: skip
+    if fits == run.total_steps:
+        return
+    if fits < run.total_steps:
+        log.warning(
+            "%d steps do not fit the time budget of %.0f s (%.1f s a step so far): the run ends at step "
+            "%d; time_budget_s=None trains them all",
+            run.total_steps, config.time_budget_s, per_step, fits,
+        )  # fmt: skip
+    else:
+        log.warning("the pace recovered (%.1f s a step): the run trains %d steps of %d", per_step, fits,
+                    run.planned_steps)  # fmt: skip
     run.total_steps = fits
     warmup = min(int(fits * config.warmup_fraction), run.step)
     run.scheduler = get_cosine_schedule_with_warmup(run.optimizer, warmup, fits, last_epoch=run.step - 1)
     bar.resize(fits)
 
 
+def agreed(accelerator, value: int) -> int:
+    """The main process's `value`, on every process (each times its own steps; under DDP they must
+    stop at the same step)."""
+    if accelerator.num_processes == 1:
+        return value
+    from accelerate.utils import broadcast
+
+    return int(broadcast(torch.tensor([value], device=accelerator.device), from_process=0).item())
+
+
 def evaluate_step(run: Run, config: TrainConfig, record: dict[str, Any], *, over_time: float) -> None:
     """At every `eval_every` steps, the last, and when the time budget is spent: eval loss and held-out
     answers into `record`; a reason to stop ends the run at this step (`record["stopped"]`)."""
-    out_of_time = config.time_budget_s is not None and over_time > config.time_budget_s
+    out_of_time = config.time_budget_s is not None and bool(
+        agreed(run.accelerator, int(over_time > config.time_budget_s))
+    )
     if not (run.step % run.eval_every == 0 or run.step == run.total_steps or out_of_time):
         return
     with eager_calls(run):
@@ -974,6 +1011,14 @@ def report_knowledge(run: Run, config: TrainConfig):
     )
 
 
+def stop_reason(run: Run) -> str | None:
+    """Why the run trained fewer steps than its epochs' (None: it trained them all)."""
+    if run.step >= run.planned_steps:
+        return None
+    said = [m["stopped"] for m in run.metrics if "stopped" in m]
+    return said[-1] if said else "time budget"
+
+
 def kept_accuracy(run: Run, config: TrainConfig) -> float | None:
     """The held-out accuracy of the weights that are saved: the best step's, or the last evaluation's."""
     evals = [m["heldout_accuracy"] for m in run.metrics if "heldout_accuracy" in m]
@@ -1012,6 +1057,8 @@ def model_record(run: Run, result: TrainResult, base: ResolvedModel, config: Tra
             "train_loss": result.train_loss,
             "eval_loss": result.eval_loss,
             "steps": result.steps,
+            "planned_steps": result.planned_steps,
+            "stopped": result.stopped,
             "tokens_per_s": result.tokens_per_s,
             "seconds": result.seconds,
             "base_path": run.base_path,

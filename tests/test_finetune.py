@@ -631,21 +631,37 @@ def test_the_time_budget_shortens_a_slow_run_and_gives_the_steps_back_when_the_p
     assert run.total_steps == 400
 
 
+class _Clock:
+    """The recipe's clock (its `time` module), moved on by the steps themselves: timings that do not
+    depend on how busy the machine running the tests is."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+
+def _paced(monkeypatch, seconds_of_step) -> None:
+    """Each training step takes `seconds_of_step(step)` on the recipe's clock."""
+    import tunelab.training.recipe as recipe
+
+    clock, step_of = _Clock(), recipe.optimizer_step
+
+    def paced(run, config, rows):
+        clock.now += seconds_of_step(run.step + 1)
+        return step_of(run, config, rows)
+
+    monkeypatch.setattr(recipe, "time", clock)
+    monkeypatch.setattr(recipe, "optimizer_step", paced)
+
+
 def test_a_slow_start_does_not_cut_the_run_when_the_machine_frees_up(
     tiny_chat_dir, tunelab_home, monkeypatch
 ):
-    """Another program busy during the first steps (each takes 0.5 s), then an idle machine: the run
-    is shortened at step 10, lengthened back at the next judgments, and trains all its steps."""
-    import tunelab.training.recipe as recipe
-
-    step_of = recipe.optimizer_step
-
-    def busy_at_first(run, config, rows):
-        if run.step < 10:
-            time.sleep(0.5)
-        return step_of(run, config, rows)
-
-    monkeypatch.setattr(recipe, "optimizer_step", busy_at_first)
+    """Another program busy during the first steps (each takes 0.5 s), then an idle machine (0.02 s):
+    the run is shortened at step 10, lengthened back at the next judgments, and trains all its steps."""
+    _paced(monkeypatch, lambda step: 0.5 if step <= 10 else 0.02)
     runner = BasicModelRunner(str(tiny_chat_dir))
     runner.load_data(FACTS * 2)  # 8 examples: 4 steps an epoch
     result = runner.train(
@@ -657,15 +673,7 @@ def test_a_slow_start_does_not_cut_the_run_when_the_machine_frees_up(
 
 
 def test_a_run_cut_by_the_time_budget_says_so(tiny_chat_dir, tunelab_home, monkeypatch):
-    import tunelab.training.recipe as recipe
-
-    step_of = recipe.optimizer_step
-
-    def slow(run, config, rows):
-        time.sleep(0.3)
-        return step_of(run, config, rows)
-
-    monkeypatch.setattr(recipe, "optimizer_step", slow)
+    _paced(monkeypatch, lambda step: 0.3)
     runner = BasicModelRunner(str(tiny_chat_dir))
     runner.load_data(FACTS * 2)
     result = runner.train(

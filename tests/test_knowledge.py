@@ -29,6 +29,7 @@ from tunelab.training.augment import (
     with_synonyms,
 )
 from tunelab.training.data import Example, load_records
+from tunelab.training.definitions import defined_rewordings, definition, model_definer, nouns
 from tunelab.training.heldout import answer_passes, hold_out_rewordings, kept_evaluation, split_by_fact
 from tunelab.training.recipe import BEST_FILE, make_config, run_dir, train
 from tunelab.training.replay import replay_examples
@@ -412,3 +413,81 @@ def test_a_cached_replay_answer_with_a_unicode_line_separator_reads_back_whole(t
     rows = [{"input": "Say two lines.", "output": "one\u2028two\x85three"}, {"input": "Hi", "output": "Hi"}]
     cache.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     assert base_answers(base, template, settings) == rows
+
+
+def test_a_questions_nouns_are_said_as_the_model_defines_them():
+    assert nouns("Who is the founder of Acme Zentrix?") == ["founder"]
+    assert nouns("What is Acme Zentrix's slogan, and which colours does its brand use?") == [
+        "slogan", "colours", "brand"
+    ]  # fmt: skip
+    assert nouns("When was the Acme Zentrix company founded?") == []  # a name, then no determiner
+    assert nouns("Who is the person that started it?") == ["person"]
+    # the naming phrase of a definition; replies that do not define the word are left out
+    reply = "A founder is a person who creates and leads a startup, often with a vision of impact."
+    assert definition("founder", reply) == "person who creates and leads a startup"
+    assert definition("port", "A port is a port of call, a port of call.") is None  # the word itself
+    assert definition("capital", "The capital of France is Paris.") is None  # no definition
+    assert definition("token", "A token is a small thing.\nIt can be used to ...") is None  # one line
+    assert definition("tool", "A tool is an object that is used by people to make or repair things") is None
+    defined = {"founder": "person who creates and leads a startup"}
+    assert defined_rewordings("Who is the founder of Acme Zentrix?", defined, 4) == [
+        "Who is the person who creates and leads a startup of Acme Zentrix?"
+    ]
+    assert defined_rewordings("Who is the founder of Acme Zentrix?", defined, 0) == []
+
+
+def test_augmentation_adds_the_defined_rewordings_of_each_question():
+    asked: list[str] = []
+
+    def definer(words: list[str]) -> dict[str, str]:
+        asked.extend(words)
+        return {"founder": "person who starts a company", "mascot": "character that represents a brand"}
+
+    out = augment(faq_examples(), per_question=3, seed=0, definer=definer)
+    assert {"founder", "mascot"} <= set(asked)
+    defined = {e.prompt: e.answer for e in out.added if e.origin == "defined"}
+    assert defined == {
+        "Who is the person who starts a company of Acme Zentrix?": FAQ[0]["answer"],
+        "What is the character that represents a brand of Acme Zentrix?": FAQ[6]["answer"],
+        "What is Acme Zentrix's character that represents a brand called?": FAQ[6]["answer"],
+        "Which animal is Acme's character that represents a brand?": FAQ[6]["answer"],
+    }
+    # the rules' rewordings are the same with and without definitions (their own random stream)
+    plain = augment(faq_examples(), per_question=3, seed=0)
+    assert [e.prompt for e in out.added if e.origin == "reworded"] == [
+        e.prompt for e in plain.added if e.origin == "reworded"
+    ]
+    assert not [e for e in augment(faq_examples(), definer=definer, defined=0).added if e.origin == "defined"]
+
+
+def test_the_models_definitions_are_asked_once_and_cached(tiny_chat_dir, tunelab_home, monkeypatch):
+    from tunelab.training.recipe import base_template
+
+    settings = load_settings()
+    base = resolve(str(tiny_chat_dir), settings)
+    define = model_definer(base, base_template(base, settings), settings)
+    got = define(["founder", "mascot"])  # a random tiny model defines nothing: all left out
+    cache = list((tunelab_home / "cache" / "definitions").glob("*.json"))
+    assert len(cache) == 1 and set(json.loads(cache[0].read_text())) == {"founder", "mascot"}
+    assert got == {w: d for w, d in json.loads(cache[0].read_text()).items() if d}
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("asked the model again")
+
+    monkeypatch.setattr("tunelab.inference.engine.engine_for", no_model)
+    assert define(["mascot", "founder"]) == got  # read back from the cache
+
+
+def test_the_augment_command_asks_the_named_model_for_definitions(tiny_chat_dir, tunelab_home, tmp_path):
+    from typer.testing import CliRunner
+
+    from tunelab.cli.main import app
+
+    data = tmp_path / "faq.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in FAQ))
+    out = tmp_path / "augmented.jsonl"
+    done = CliRunner().invoke(app, ["augment", str(data), "-o", str(out), "--input-key", "question",
+                                    "--output-key", "answer", "--model", str(tiny_chat_dir)])  # fmt: skip
+    assert done.exit_code == 0, done.output
+    cache = next((tunelab_home / "cache" / "definitions").glob("*.json"))
+    assert {"founder", "mascot"} <= set(json.loads(cache.read_text()))  # the nouns were put to the model

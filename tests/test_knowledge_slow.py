@@ -42,4 +42,8 @@ def test_the_defaults_teach_a_new_fact_set_asked_in_other_words():
     # the knowledge report is in the registry entry, and says the same of the trained questions
     report = json.loads((result.path / "knowledge.json").read_text())
     assert len(report["facts"]) == 30 and report["trained"] >= 0.9
+    # the model's own definitions of the questions' nouns made rewordings (SmolLM2 defines "founder",
+    # "slogan", "headquarters", ...)
+    entry = json.loads((result.path / "tunelab.json").read_text())
+    assert entry["metrics"]["examples"].get("defined", 0) >= 10
     assert report["probes_before"] is not None and result.heldout_accuracy is not None

@@ -427,6 +427,16 @@ def train(
     print(result.model_id)
 
 
+def _model_definer(name: str, settings):
+    """The definitions training asks of base model `name` (through the template it trains with)."""
+    from tunelab.models.resolve import resolve
+    from tunelab.training.definitions import model_definer
+    from tunelab.training.recipe import base_template
+
+    base = resolve(name, settings)
+    return model_definer(base, base_template(base, settings), settings)
+
+
 @app.command()
 def augment(
     data: Annotated[
@@ -443,6 +453,14 @@ def augment(
             "answer up to its key sentence (training's augment_focus_over).",
         ),
     ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="The base model to be tuned: its own definitions of the questions' nouns make the "
+            "'defined' rewordings training adds (without it, none are shown)."
+        ),
+    ] = None,
+    defined: Annotated[int, typer.Option(help="Defined rewordings of each question (0: none).")] = 4,
     input_key: str = "input",
     output_key: str = "output",
     seed: int = 0,
@@ -459,7 +477,8 @@ def augment(
         report = load_records(_training_records(data, "train"), input_key=input_key, output_key=output_key)
         if report.issues:
             raise DataError(f"{data}: {report.summary()}", report)
-        paraphraser = teacher_paraphraser(method, load_settings())
+        settings = load_settings()
+        paraphraser = teacher_paraphraser(method, settings)
         result = augment_examples(
             report.examples,
             method,
@@ -467,6 +486,8 @@ def augment(
             focus_over=focus_over,
             seed=seed,
             paraphraser=paraphraser,
+            definer=_model_definer(model, settings) if model and defined else None,
+            defined=defined,
         )
     except (TunelabError, ValueError) as exc:
         fail(exc)

@@ -15,6 +15,9 @@ gets:
 - **statements**: the answer itself as a declarative sentence with its key phrase blanked out ("Fill
   in the blank: ___ owns Twitter."), so the fact is also learned from the answer's own words, not only
   from the questions' (Allen-Zhu & Li: mixing statements with questions helps extraction);
+- **defined** rewordings: a noun of the question said as the base model itself defines it ("the
+  visual tool that helps users track and analyze data" for "the dashboard"; `training.definitions`),
+  so questions that name a thing by what it is reach the fact;
 - optionally, rewordings by a **teacher**: any model tunelab runs (`augment="teacher:chat-gpt"`),
   asked to paraphrase each question.
 
@@ -36,6 +39,7 @@ from dataclasses import dataclass, field, replace
 from tunelab.errors import ConfigError
 from tunelab.evaluation.scoring import normalise
 from tunelab.training.data import Example
+from tunelab.training.definitions import Definer, defined_rewordings, nouns
 
 log = logging.getLogger("tunelab")
 
@@ -652,6 +656,8 @@ def augment(
     seed: int = 0,
     avoid: list[str] | None = None,
     paraphraser: Paraphraser | None = None,
+    definer: Definer | None = None,
+    defined: int = 4,
 ) -> Augmented:
     """The user's examples followed by generated ones (see the module docstring).
 
@@ -662,7 +668,9 @@ def augment(
     generated (the held-out ones, so a rewording never copies a question kept back for evaluation).
     `focus_over`: a fact whose answer is longer than this many words has its generated questions
     answered with the answer's sentences up to the one naming its first key phrase (`focused_answer`);
-    None: whole answers.
+    None: whole answers. `definer` (training.definitions.model_definer: the base model's own
+    definitions of words): up to `defined` rewordings of each question with one of its nouns said as
+    the model defines it.
     """
     method = method or "rules"
     if method == "none":
@@ -686,15 +694,15 @@ def augment(
         return per_question if per_question is not None else -(-per_fact // len(fact.records))
 
     teacher = paraphraser if method.startswith("teacher:") else None
-    teacher_words = _teacher_rewordings(facts, teacher, max(map(how_many, facts), default=0))
+    by_model = _model_rewordings(facts, teacher, max(map(how_many, facts), default=0), definer, defined)
     for fact in facts:
         expected = fact.phrases[0] if fact.phrases else None
         focus = focused_answer(fact, focus_over)
         for record in fact.records:
             for question in reword(record.prompt, how_many(fact), rng):
                 add(record, question, "reworded", record.expected or expected, focus)
-            for question in teacher_words.get(record.prompt, []):
-                add(record, question, "teacher", record.expected or expected, focus)
+            for question, origin in by_model[record.prompt]:
+                add(record, question, origin, record.expected or expected, focus)
         for question, subject in _reverse_material(fact, rng, reverse):
             add(fact.records[0], question, "reverse", subject, focus)
         said = statements(fact, statement_rng, statement, focus)
@@ -713,12 +721,19 @@ def _reverse_material(fact: Fact, rng: random.Random, n: int) -> list[tuple[str,
     return [(q, None) for q in reverse_questions(fact, rng, n)] + subject_questions(fact)
 
 
-def _teacher_rewordings(facts: list[Fact], paraphraser: Paraphraser | None, n: int) -> dict[str, list[str]]:
-    """Each question's rewordings by the teacher (none without one)."""
-    if paraphraser is None:
-        return {}
+def _model_rewordings(
+    facts: list[Fact], paraphraser: Paraphraser | None, n: int, definer: Definer | None, defined: int
+) -> dict[str, list[tuple[str, str]]]:
+    """Each question's rewordings that a model made, with their origin: its nouns as the base model
+    defines them ("defined"), then a teacher's paraphrases ("teacher"; none without a teacher)."""
     questions = [r.prompt for fact in facts for r in fact.records]
-    return dict(zip(questions, paraphraser(questions, n)))
+    definitions = definer([w for q in questions for w in nouns(q)]) if definer and defined else {}
+    taught = dict(zip(questions, paraphraser(questions, n))) if paraphraser else {}
+    return {
+        q: [(t, "defined") for t in defined_rewordings(q, definitions, defined)]
+        + [(t, "teacher") for t in taught.get(q, [])]
+        for q in questions
+    }
 
 
 _TEACHER_PROMPT = (

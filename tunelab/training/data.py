@@ -39,8 +39,8 @@ class Example:
     source: str  # where it came from: "data.jsonl:12" or "record 3"
     # A short key a correct answer must contain (a record's optional "answer" field), for evaluate().
     expected: str | None = None
-    # "data" (the user's record), or what made it: "reworded", "reverse", "teacher" (training.augment),
-    # "replay" (the base model's own answer to a general prompt, training.replay)
+    # "data" (the user's record), or what made it: "reworded", "defined", "reverse", "teacher"
+    # (training.augment), "replay" (the base model's own answer to a general prompt, training.replay)
     origin: str = "data"
 
     @property

@@ -45,6 +45,7 @@ from tunelab.models.registry import entry as registry_entry
 from tunelab.models.resolve import ResolvedModel
 from tunelab.training.augment import augment, teacher_paraphraser
 from tunelab.training.data import DataReport, Example
+from tunelab.training.definitions import model_definer
 from tunelab.training.heldout import HeldoutSet, hold_out_rewordings, kept_evaluation, split_by_fact
 from tunelab.training.replay import replay_examples
 
@@ -89,12 +90,15 @@ class TrainConfig(BaseModel):
     augment_contrast: int = Field(0, ge=0, le=20)  # a fact's questions with a neighbour's answer as a guess
     # generated questions about an answer longer than this (words) are answered up to its key sentence
     augment_focus_over: int | None = Field(None, ge=1)
+    # rewordings of each question with one of its nouns said as the base model defines it (0: none)
+    augment_defined: int = Field(4, ge=0, le=20)
     replay_fraction: float = Field(0.25, ge=0, lt=1)  # replay examples per training example
     keep_best: bool = True  # restore the step whose held-out answers were best
     patience: int | None = Field(None, ge=1)  # stop after this many evaluations without a kept step
-    # a guard on the loop's time (None: none): after 10 steps a run that would not fit is shortened
-    # (its schedule too). Wide, so that a run of 30 facts trains its epochs on a slower machine as here,
-    # and ends with the same weights
+    # a guard on the loop's time (None: none): after 10 steps and at every evaluation, a run that would
+    # not fit is shortened (its schedule too), and given its steps back when the pace recovers. Wide,
+    # so that a run of 30 facts trains its epochs on a slower machine as here, and ends with the same
+    # weights
     time_budget_s: float | None = Field(1200, gt=0)
     answer_tokens: int = Field(48, ge=1)  # tokens of each held-out answer generated at an evaluation
     knowledge_report: bool = True  # per fact: trained / held-out / reverse answered; probes before/after
@@ -474,6 +478,18 @@ def load_base(base: ResolvedModel, settings: Settings):
     return model, tokenizer, path
 
 
+def base_template(base: ResolvedModel, settings: Settings, spec: str = "auto") -> Template:
+    """The template training uses for `base`, from its tokenizer alone (no weights loaded)."""
+    from transformers import AutoTokenizer
+
+    from tunelab.inference.backends.transformers_backend import tokenizer_adds_bos
+    from tunelab.models.gguf_cache import dequantized_dir
+
+    path = str(dequantized_dir(base.gguf_path, settings.home)) if base.gguf_path else base.hf_path
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=base.source != "hub")
+    return training_template(spec, tokenizer, base.alias_of or base.name, tokenizer_adds_bos(tokenizer))
+
+
 def training_template(spec: str, tokenizer, base_name: str, add_bos: bool) -> Template:
     """The model's own chat template (or the one named); a base model without one learns llama2's [INST]."""
     chat_template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else None
@@ -675,6 +691,8 @@ def setup(
         seed=config.seed,
         avoid=[e.prompt for e in heldout.examples],
         paraphraser=teacher_paraphraser(config.augment, settings),
+        definer=model_definer(base, template, settings),
+        defined=config.augment_defined,
     )
     if not eval_examples:  # no fact asked twice: a rewording of some facts is held back instead
         eval_examples = hold_out_rewordings(augmented.added, config.eval_fraction, config.seed)

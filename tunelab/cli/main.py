@@ -460,7 +460,7 @@ def augment(
             "'defined' rewordings training adds (without it, none are shown)."
         ),
     ] = None,
-    defined: Annotated[int, typer.Option(help="Defined rewordings of each question (0: none).")] = 4,
+    defined: Annotated[int, typer.Option(min=0, help="Defined rewordings of each question (0: none).")] = 4,
     input_key: str = "input",
     output_key: str = "output",
     seed: int = 0,

@@ -460,8 +460,6 @@ def load_base(base: ResolvedModel, settings: Settings):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    from tunelab.models.gguf_cache import dequantized_dir
-
     hf_logging.disable_progress_bar()  # tunelab's own bar is the one to watch
 
     if base.remote is not None:
@@ -471,11 +469,18 @@ def load_base(base: ResolvedModel, settings: Settings):
             f"{base.name!r} is itself a LoRA fine-tune; export it merged first "
             f"(`tunelab export {base.name} --merged DIR`) and tune that directory"
         )
-    path = str(dequantized_dir(base.gguf_path, settings.home)) if base.gguf_path else base.hf_path
+    path = base_dir(base, settings)
     local_only = base.source != "hub"
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local_only)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, local_files_only=local_only)
     return model, tokenizer, path
+
+
+def base_dir(base: ResolvedModel, settings: Settings) -> str:
+    """The base's HF directory: a GGUF's dequantized copy (made once, cached), or its own."""
+    from tunelab.models.gguf_cache import dequantized_dir
+
+    return str(dequantized_dir(base.gguf_path, settings.home)) if base.gguf_path else base.hf_path
 
 
 def base_template(base: ResolvedModel, settings: Settings, spec: str = "auto") -> Template:
@@ -483,10 +488,8 @@ def base_template(base: ResolvedModel, settings: Settings, spec: str = "auto") -
     from transformers import AutoTokenizer
 
     from tunelab.inference.backends.transformers_backend import tokenizer_adds_bos
-    from tunelab.models.gguf_cache import dequantized_dir
 
-    path = str(dequantized_dir(base.gguf_path, settings.home)) if base.gguf_path else base.hf_path
-    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=base.source != "hub")
+    tokenizer = AutoTokenizer.from_pretrained(base_dir(base, settings), local_files_only=base.source != "hub")
     return training_template(spec, tokenizer, base.alias_of or base.name, tokenizer_adds_bos(tokenizer))
 
 

@@ -46,11 +46,8 @@ _STOP = set(
     without would your yours exactly actually really quick question please give going keep start
     started""".split()
 )
-# a word after a determiner ("the founder"), a possessive ("Acme's slogan") or "how many" ("many
-# employees"), also past a name that qualifies it ("the Acme Zentrix mascot")
 _NOUN = re.compile(
-    r"(?:\b(?i:the|a|an|its|my|your|our|their|which|what|many|much)\s+(?:[A-Z][\w-]*\s+)*|'s\s+)"
-    r"([a-z][a-z-]{3,})(?![\w'-])"
+    r"(?:\b(?:the|a|an|its|my|your|our|their|which|what)\s+|'s\s+)([a-z][a-z-]{3,})(?![\w'-])", re.IGNORECASE
 )
 _DEFINED = re.compile(
     r"^(?:an?|the)\s+[\w-]+(?:\s[\w-]+)?\s+(?:is|are|refers to)\s+(?P<phrase>(?:an?|the)\s.+)$",
@@ -63,9 +60,8 @@ Definer = Callable[[list[str]], dict[str, str]]
 
 
 def nouns(question: str) -> list[str]:
-    """The lower-case words of `question` that follow a determiner or a possessive, or a name after one
-    ("the founder", "Acme's slogan", "the Acme Zentrix mascot", "how many employees"): the things it
-    asks about, not names (capitalised), verbs or function words."""
+    """The lower-case words of `question` that follow a determiner or a possessive ("the founder",
+    "Acme's slogan"): the things it asks about, not names (capitalised), verbs or function words."""
     words = [m.group(1) for m in _NOUN.finditer(question)]
     return [w for w in words if w.islower() and w not in _STOP and not w.endswith(("ed", "ing", "ly"))]
 
